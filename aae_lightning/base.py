@@ -1,0 +1,293 @@
+"""What every variant shares: hyperparameters, networks, priors and the phase-by-phase training step.
+
+A variant subclasses `AutoencoderBase`, names its phases and the data streams it consumes, builds its networks
+in `build`, and overrides the few hooks where it differs (what is decoded, which codes are regularized, what
+the extra phases do). Each phase has its own optimizer and runs, on every batch, in the order of `phases`:
+
+- reconstruction: encoder and decoder minimise the reconstruction loss;
+- regularization: the discriminator(s) learn to tell prior samples (real) from codes (fake);
+- generator: the encoder learns to make its codes pass for prior samples;
+- classification (semi-supervised): the encoder's class head minimises cross-entropy on labeled images.
+
+Manual optimization means every `optimizer.step()` advances `trainer.global_step`: with three phases it
+grows by three per batch. Schedules and checkpoints therefore count epochs, never global steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+
+from aae_lightning.errors import UserError
+from aae_lightning.components import Decoder, Discriminator, Encoder
+from aae_lightning.priors import Prior
+
+IMAGE_DIM = 28 * 28
+PHASE_NAMES = ("reconstruction", "regularization", "generator", "classification")
+
+
+def hparam(default: Any, help: str) -> Any:
+    """A hyperparameter field; `help` is what `train.py --help` shows for its flag."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class AutoencoderHparams:
+    hidden_sizes: tuple[int, ...] = hparam((1000, 1000), "hidden layer widths of the encoder (the decoder mirrors them)")
+    latent_dim: int = hparam(2, "width of the continuous code z")
+    dropout: float = hparam(0.0, "dropout before every linear layer of encoder and decoder")
+    input_noise: float = hparam(0.0, "std of Gaussian noise added to the encoder's input while training")
+    optimizer: str = hparam("adam", "adam or sgd (with --momentum), one per phase")
+    momentum: float = hparam(0.9, "SGD momentum, or Adam's beta1")
+    reconstruction_lr: float = hparam(1e-3, "learning rate of the reconstruction phase")
+    lr_milestones: tuple[int, ...] = hparam((), "epochs at which every phase's learning rate is multiplied by --lr-gamma")
+    lr_gamma: float = hparam(0.1, "learning-rate factor applied at each milestone")
+    seed: int = hparam(0, "seeds the prior samples (offset by the DDP rank so ranks differ)")
+
+
+@dataclass
+class AdversarialHparams(AutoencoderHparams):
+    disc_hidden_sizes: tuple[int, ...] = hparam((1000, 1000), "hidden layer widths of the discriminator(s)")
+    prior_std: float = hparam(5.0, "std of the Gaussian prior on z (the half-width for a uniform one)")
+    regularization_lr: float = hparam(1e-4, "learning rate of the discriminator(s)")
+    generator_lr: float = hparam(1e-4, "learning rate of the encoder in the generator phase")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A phase produced a NaN or infinite loss; raised before that loss can touch any parameter."""
+
+
+class AutoencoderBase(pl.LightningModule):
+    """The shared training skeleton; on its own it is the plain autoencoder's behaviour."""
+
+    Hparams: ClassVar[type[AutoencoderHparams]] = AutoencoderHparams
+    #: phases run on every batch, in order; each has an optimizer and a `<phase>_phase(batch)` method
+    phases: ClassVar[tuple[str, ...]] = ("reconstruction",)
+    #: the datamodule streams a training batch must carry ("unlabeled" -> x, "labeled" -> labeled_x/_y)
+    train_streams: ClassVar[tuple[str, ...]] = ("unlabeled",)
+    #: which parameters each phase's optimizer owns, by child-module name
+    phase_modules: ClassVar[dict[str, tuple[str, ...]]] = {
+        "reconstruction": ("encoder", "decoder"),
+        "regularization": ("discriminators",),
+        "generator": ("encoder",),
+        "classification": ("encoder",),
+    }
+    #: the validation metric that picks the best checkpoint, and its direction
+    monitor: ClassVar[tuple[str, str]] = ("val/recon_loss", "min")
+    #: number of classes the decoder is conditioned on / the encoder predicts (0: none)
+    num_classes: int = 0
+    #: the `--variant` name, set by `registry.register`
+    variant_name: ClassVar[str] = ""
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__()
+        self.config = self.Hparams(**hparams)  # rejects unknown names and fills the defaults
+        self.save_hyperparameters(dataclasses.asdict(self.config))
+        self.automatic_optimization = False
+        self.priors: dict[str, Prior] = {}
+        self.discriminators = nn.ModuleDict()
+        self.build()
+        self.metrics = nn.ModuleDict({stage: nn.ModuleDict(self.make_metrics()) for stage in ("val", "test")})
+        self.prior_generator = torch.Generator()
+
+    # ----- what a variant describes -------------------------------------------------------------------------
+    def build(self) -> None:
+        """Create encoder, decoder and, for adversarial variants, `self.priors` and `self.discriminators`."""
+        self.encoder = self.make_encoder({"z": self.config.latent_dim})
+        self.decoder = self.make_decoder(self.config.latent_dim)
+
+    def make_encoder(self, heads: dict[str, int]) -> Encoder:
+        return Encoder(IMAGE_DIM, self.config.hidden_sizes, heads, self.config.dropout, self.config.input_noise)
+
+    def make_decoder(self, code_dim: int) -> Decoder:
+        return Decoder(code_dim, self.config.hidden_sizes, IMAGE_DIM, self.config.dropout)
+
+    def add_adversary(self, name: str, prior: Prior, input_dim: int | None = None) -> None:
+        """Regularize the code `name` towards `prior` with a discriminator of its own."""
+        self.priors[name] = prior
+        self.discriminators[name] = Discriminator(input_dim or prior.dim, self.config.disc_hidden_sizes)
+
+    def make_metrics(self) -> dict[str, Metric]:
+        """Scalar metrics, each logged as `val/<name>` and `test/<name>` once per epoch."""
+        return {"recon_loss": MeanMetric()}
+
+    def training_images(self, batch: dict[str, Tensor]) -> Tensor:
+        return batch["x"]
+
+    def decoder_input(self, codes: dict[str, Tensor], labels: Tensor | None) -> Tensor:
+        """The decoder's input from the encoder's outputs (and labels, for conditioned decoders)."""
+        return codes["z"]
+
+    def regularized_codes(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The codes each discriminator sees as fake, by the name of its prior."""
+        return self.encoder(self.training_images(batch))
+
+    def prior_samples(self, batch: dict[str, Tensor], codes: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What each discriminator sees as real: as many prior samples as there are codes."""
+        return {name: self.sample_prior(name, len(codes[name])) for name in self.priors}
+
+    @property
+    def latent_prior(self) -> Prior | None:
+        """The prior of the code `encode` returns (None for the plain autoencoder): callbacks plot against it."""
+        return self.priors.get("z")
+
+    # ----- public API used by callbacks, notebooks and evaluate.py ------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """The continuous code z of each image (the style, for variants with a class code)."""
+        return self.encoder(images)["z"]
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Images in [0, 1], shape (n, 784), from codes z (plus class labels for conditioned decoders)."""
+        return torch.sigmoid(self.decoder(self.decoder_input({"z": z}, labels)))
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        return torch.sigmoid(self.decoder(self.decoder_input(self.encoder(images), labels)))
+
+    def sample_prior(self, name: str, n: int) -> Tensor:
+        return self.priors[name].sample(n, generator=self.prior_generator).to(self.device)
+
+    # ----- the phases ---------------------------------------------------------------------------------------
+    def reconstruction_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        images = self.training_images(batch)
+        logits = self.decoder(self.decoder_input(self.encoder(images), batch.get("labeled_y")))
+        loss = F.binary_cross_entropy_with_logits(logits, images)
+        return loss, {"recon_loss": loss}
+
+    def regularization_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        with torch.no_grad():  # the codes are data here: no gradient may reach the encoder
+            fakes = self.regularized_codes(batch)
+        reals = self.prior_samples(batch, fakes)
+        logs = {}
+        for name, discriminator in self.discriminators.items():
+            logs[f"disc_loss_{name}"] = adversarial_loss(discriminator(reals[name]), True) + adversarial_loss(
+                discriminator(fakes[name]), False
+            )
+        return sum(logs.values()), logs
+
+    def generator_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        fakes = self.regularized_codes(batch)
+        logs = {f"gen_loss_{name}": adversarial_loss(d(fakes[name]), True) for name, d in self.discriminators.items()}
+        return sum(logs.values()), logs
+
+    # ----- the skeleton -------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self._make_optimizer(phase) for phase in self.phases]
+
+    def _phase_parameters(self, phase: str) -> list[nn.Parameter]:
+        return [p for name in self.phase_modules[phase] for p in getattr(self, name).parameters()]
+
+    def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
+        params, lr = self._phase_parameters(phase), getattr(self.config, f"{phase}_lr")
+        # fused kernels: on a CPU the default per-tensor Adam step over the 1000-unit layers costs more than
+        # the forward and backward passes that precede it
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(self.config.momentum, 0.999), fused=True)
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum, fused=True)
+        raise UserError(f"unknown --optimizer {self.config.optimizer!r}; choose adam or sgd")
+
+    def setup(self, stage: str) -> None:
+        # the same --seed on every rank, yet each rank draws its own prior samples
+        self.prior_generator.manual_seed(self.config.seed * 1_000 + self.global_rank)
+
+    def on_train_epoch_start(self) -> None:
+        # a stateless step schedule: the rate follows from the epoch alone, so resuming needs no scheduler state
+        decay = self.config.lr_gamma ** sum(self.current_epoch >= m for m in self.config.lr_milestones)
+        for phase, optimizer in zip(self.phases, self._optimizer_list()):
+            for group in optimizer.param_groups:
+                group["lr"] = getattr(self.config, f"{phase}_lr") * decay
+
+    def _optimizer_list(self) -> list:
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
+
+    def _set_train_modes(self, phase: str) -> None:
+        # A network runs in training mode (dropout, input noise) only in a phase that updates it, with one
+        # exception: the encoder always does, because the aggregated posterior the adversarial phases match to
+        # the prior is that of the noisy training-mode encoder, and the discriminator must learn the same code
+        # distribution that the generator phase then moves. A discriminator judging in the generator phase is a
+        # fixed critic: dropout there would only add noise to the encoder's gradient.
+        updated = self.phase_modules[phase]
+        for name, module in self.named_children():
+            module.train(name in updated or name == "encoder")
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logs: dict[str, Tensor] = {}
+        for phase, optimizer in zip(self.phases, self._optimizer_list()):
+            self._set_train_modes(phase)
+            # toggling freezes every parameter this optimizer does not own: no gradient leaks across phases,
+            # and none is computed for networks that only pass gradients through (the critic, for instance)
+            self.toggle_optimizer(optimizer)
+            loss, phase_logs = getattr(self, f"{phase}_phase")(batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"{phase} loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                    "training stopped and the last checkpoint is untouched"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            self.untoggle_optimizer(optimizer)
+            logs.update(phase_logs)
+        self.log_dict({f"train/{name}": value.detach() for name, value in logs.items()}, on_step=True, on_epoch=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate("val", *batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate("test", *batch)
+
+    def update_metrics(self, metrics: nn.ModuleDict, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Feed one evaluation batch to this stage's metrics and return the encoder's raw outputs (`z`, and the
+        class logits `y` where there is a class code) for callbacks. Variants add their own metrics on top."""
+        codes = self.encoder(images)
+        logits = self.decoder(self.decoder_input(codes, labels))
+        per_image = F.binary_cross_entropy_with_logits(logits, images, reduction="none").mean(dim=1)
+        metrics["recon_loss"].update(per_image)
+        return codes
+
+    def _evaluate(self, stage: str, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        metrics = self.metrics[stage]
+        outputs = self.update_metrics(metrics, images, labels)
+        for name, metric in metrics.items():
+            # Metric objects sum their state over ranks when computed: each image counts once, on any
+            # number of devices, without per-step synchronisation
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
+        return outputs
+
+    # ----- checkpoint extras --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not save random states; a resumed run needs them to continue exactly where it stopped
+        checkpoint["aae_rng"] = {
+            "prior_generator": self.prior_generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        checkpoint["aae_variant"] = self.variant_name
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("aae_rng")
+        if states is None:
+            return
+        self.prior_generator.set_state(states["prior_generator"])
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def adversarial_loss(logits: Tensor, real: bool) -> Tensor:
+    """Binary cross-entropy on logits: stable where log(sigmoid(x) + tiny) is not."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)

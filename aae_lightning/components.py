@@ -1,0 +1,78 @@
+"""Networks shared by every variant, kept apart from the LightningModules that train them."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def mlp(sizes: Sequence[int], dropout: float = 0.0, input_noise: float = 0.0) -> nn.Sequential:
+    """Linear layers with ReLU between them and a linear last layer (callers apply their own output function)."""
+    layers: list[nn.Module] = [GaussianNoise(input_noise)] if input_noise > 0 else []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(fan_in, fan_out))
+        if index < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, std^2) noise in training mode only: the paper's input corruption for semi-supervised MNIST."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = std
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.std * torch.randn_like(x) if self.training else x
+
+
+class Encoder(nn.Module):
+    """q(z|x): an MLP from images to one or more code heads sharing the hidden layers.
+
+    `heads` maps a head's name to its width, e.g. {"z": 2} or {"y": 10, "z": 10}; `forward` returns the raw
+    (pre-activation) outputs in a dict of the same names.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: Sequence[int],
+        heads: dict[str, int],
+        dropout: float = 0.0,
+        input_noise: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.trunk = mlp([input_dim, *hidden], dropout=dropout, input_noise=input_noise)
+        self.trunk.append(nn.ReLU())
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden[-1], width) for name, width in heads.items()})
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.trunk(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+class Decoder(nn.Module):
+    """p(x|code): an MLP from a code to pixel logits; `decode` in the modules applies the sigmoid."""
+
+    def __init__(self, code_dim: int, hidden: Sequence[int], output_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = mlp([code_dim, *reversed(hidden), output_dim], dropout=dropout)
+
+    def forward(self, code: Tensor) -> Tensor:
+        return self.net(code)
+
+
+class Discriminator(nn.Module):
+    """Tells prior samples (target 1) from encoder codes (target 0); returns one logit per row."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = mlp([input_dim, *hidden, 1], dropout=dropout)
+
+    def forward(self, code: Tensor) -> Tensor:
+        return self.net(code).squeeze(-1)

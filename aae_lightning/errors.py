@@ -1,0 +1,5 @@
+"""Errors caused by what a user asked for; the CLI shows their message as one line and exits with code 2."""
+
+
+class UserError(ValueError):
+    """A bad flag, file or combination of settings. The message is one line and says what to do."""

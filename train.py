@@ -1,0 +1,297 @@
+"""Train an adversarial autoencoder variant on MNIST.
+
+    python train.py --variant semi --labels 100 --gpus 1
+    python train.py --variant aae --prior mixture --data-dir ../shared/data --gpus 0 --logger csv
+
+Every bad flag or file ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from aae_lightning import VARIANTS, get_variant
+from aae_lightning.errors import UserError
+
+LOGGERS = ("wandb", "tensorboard", "csv", "none")
+ALL_LABELS = "all"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line (the full usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def label_count(text: str) -> int | None:
+    """A number of labeled images, or 'all'."""
+    if text == ALL_LABELS:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or '{ALL_LABELS}', got {text!r}") from None
+
+
+def _hparam_fields() -> dict[str, tuple[Any, str, dict[str, Any]]]:
+    """Every hyperparameter of every variant: name -> (type, help, {variant: default})."""
+    merged: dict[str, tuple[Any, str, dict[str, Any]]] = {}
+    for variant, cls in sorted(VARIANTS.items()):
+        hints = typing.get_type_hints(cls.Hparams)
+        for field in fields(cls.Hparams):
+            if field.name == "seed":  # the top-level --seed sets it
+                continue
+            default = field.default if field.default is not MISSING else field.default_factory()
+            _, _, defaults = merged.setdefault(field.name, (hints[field.name], field.metadata["help"], {}))
+            defaults[variant] = default
+    return merged
+
+
+def _describe_defaults(defaults: dict[str, Any]) -> str:
+    by_value: dict[str, list[str]] = {}
+    for variant, value in defaults.items():
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        by_value.setdefault(shown or "none", []).append(variant)
+    if len(by_value) == 1:
+        return f"default {next(iter(by_value))}"
+    return "default " + "; ".join(f"{value} for {', '.join(variants)}" for value, variants in by_value.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        description="Train an adversarial autoencoder (Makhzani et al., 2015) on MNIST with PyTorch Lightning.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="which model to train")
+    run.add_argument("--max-epochs", type=positive_int, default=20, help="epochs to train")
+    run.add_argument("--labels", type=label_count, default=1000,
+                     help="labeled training images, a multiple of 10 drawn evenly per digit, or 'all' "
+                          "(the supervised variant always uses all)")
+    run.add_argument("--val-size", type=positive_int, default=10_000, help="training images held out for validation")
+    run.add_argument("--data-dir", default="data", help="folder with MNIST/raw/ in torchvision's layout")
+    run.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                     help="download MNIST into --data-dir if it is not there (files present: no network)")
+    run.add_argument("--batch-size", type=positive_int, default=100,
+                     help="global batch size, split evenly over all devices (so it must divide by their number)")
+    run.add_argument("--labeled-batch-size", type=positive_int, default=None,
+                     help="global batch size of the labeled stream (default: --batch-size)")
+    run.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the prior samples")
+    run.add_argument("--fast-dev-run", action="store_true", help="one batch of training, validation (and test) as a smoke test")
+    run.add_argument("--ckpt-path", default=None, help="resume from this checkpoint (or 'last': the newest last.ckpt of --run-name)")
+    run.add_argument("--test", action="store_true", help="after training, evaluate the best checkpoint on the test set")
+    run.add_argument("--results-json", type=Path, default=None, help="write validation and test metrics, the best checkpoint and the run folder here")
+
+    output = parser.add_argument_group("logging and outputs")
+    output.add_argument("--logger", choices=LOGGERS, default="wandb",
+                        help="where metrics go; wandb falls back to offline mode without credentials or network")
+    output.add_argument("--project", default="aae-lightning", help="W&B project")
+    output.add_argument("--output-dir", type=Path, default=Path("runs"), help="each run gets a folder in here")
+    output.add_argument("--run-name", default=None,
+                        help="the run folder's name (default: variant, labels, seed and the start time)")
+
+    hardware = parser.add_argument_group("hardware (Lightning Trainer arguments)")
+    hardware.add_argument("--gpus", type=int, default=None,
+                          help="number of CUDA devices; 0 trains on the CPU (default: one GPU if there is one, else CPU)")
+    hardware.add_argument("--accelerator", default=None, help="cpu, gpu, ...; overrides --gpus")
+    hardware.add_argument("--devices", type=positive_int, default=None, help="devices per node; overrides --gpus")
+    hardware.add_argument("--num-nodes", type=positive_int, default=1, help="machines, each with --devices devices")
+    hardware.add_argument("--strategy", default=None,
+                          help="Lightning strategy (default with several devices: DDP that tolerates parameters a phase leaves unused)")
+    hardware.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
+
+    model = parser.add_argument_group("model hyperparameters (paper defaults; each variant takes the ones it has)")
+    for name, (hint, help_text, defaults) in _hparam_fields().items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{help_text} ({_describe_defaults(defaults)}; variants: {', '.join(defaults)})"
+        origin = typing.get_origin(hint)
+        if origin is tuple:
+            model.add_argument(flag, type=typing.get_args(hint)[0], nargs="*", default=None, help=help_text)
+        else:
+            model.add_argument(flag, type=hint, default=None, help=help_text)
+    return parser
+
+
+def model_hparams(args: argparse.Namespace) -> dict[str, Any]:
+    """The hyperparameters given on the command line, checked against the chosen variant."""
+    cls = get_variant(args.variant)
+    own = {field.name for field in fields(cls.Hparams)}
+    chosen = {"seed": args.seed}
+    for name in _hparam_fields():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in own:
+            raise UserError(f"--{name.replace('_', '-')} is not a hyperparameter of --variant {args.variant}")
+        chosen[name] = tuple(value) if isinstance(value, list) else value
+    return chosen
+
+
+def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Lightning 2 has no `gpus` argument: map --gpus (and the pass-through flags) to accelerator/devices."""
+    accelerator, devices = args.accelerator, args.devices
+    if args.gpus is not None and accelerator is None:
+        if args.gpus < 0:
+            raise UserError(f"--gpus must be 0 (CPU) or a positive number of CUDA devices, got {args.gpus}")
+        visible = torch.cuda.device_count()
+        if args.gpus > visible:
+            raise UserError(
+                f"--gpus {args.gpus} asks for {args.gpus} CUDA device(s) but {visible} visible; "
+                "use --gpus 0 to train on the CPU"
+            )
+        accelerator = "gpu" if args.gpus > 0 else "cpu"
+        devices = devices or max(args.gpus, 1)
+    accelerator = accelerator or "auto"
+    devices = devices or 1
+    strategy: Any = args.strategy
+    if strategy is None and devices * args.num_nodes > 1:
+        from pytorch_lightning.strategies import DDPStrategy
+
+        # Each phase updates only some networks, so every backward pass leaves parameters without gradients;
+        # plain DDP waits for them forever. Finding them costs one graph traversal per backward pass.
+        strategy = DDPStrategy(find_unused_parameters=True)
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": args.num_nodes,
+        "strategy": strategy or "auto",
+        "precision": args.precision,
+    }
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The same on every process of a run: DDP launchers start the other ranks later, so a clock reading taken
+    there would differ. The first process records it in the environment the others inherit."""
+    if args.run_name:
+        return args.run_name
+    if "AAE_RUN_NAME" not in os.environ:
+        labels = ALL_LABELS if args.labels is None or args.variant == "supervised" else args.labels
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+        stamp = job if job and job != "none" else time.strftime("%Y%m%d-%H%M%S")
+        os.environ["AAE_RUN_NAME"] = f"{args.variant}-{labels}labels-seed{args.seed}-{stamp}"
+    return os.environ["AAE_RUN_NAME"]
+
+
+def make_logger(args: argparse.Namespace, run_dir: Path, config: dict[str, Any]):
+    if args.logger == "none":
+        return False
+    if args.logger == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(run_dir, name="", version="")
+    if args.logger == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(run_dir, name="", version="")
+    from callbacks.wandb_setup import make_wandb_logger
+
+    return make_wandb_logger(project=args.project, name=run_dir.name, save_dir=run_dir, config=config)
+
+
+def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> str | None:
+    if args.ckpt_path is None:
+        return None
+    path = checkpoint_dir / "last.ckpt" if args.ckpt_path == "last" else Path(args.ckpt_path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist" + (" (pass --run-name of the run to resume)" if args.ckpt_path == "last" else ""))
+    return str(path)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from datamodules import MNISTDataModule
+
+    cls = get_variant(args.variant)
+    hparams = model_hparams(args)
+    hardware = hardware_settings(args)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    model = cls(**hparams)
+    datamodule = MNISTDataModule(
+        data_dir=args.data_dir,
+        num_labels=None if args.variant == "supervised" else args.labels,
+        val_size=args.val_size,
+        batch_size=args.batch_size,
+        labeled_batch_size=args.labeled_batch_size,
+        seed=args.seed,
+        download=args.download,
+        train_streams=cls.train_streams,
+    )
+    run_dir = args.output_dir / run_name(args)
+    checkpoint_dir = run_dir / "checkpoints"
+    ckpt_path = resolve_checkpoint(args, checkpoint_dir)
+    monitor, mode = cls.monitor
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+    )
+    config = {"variant": args.variant, **hparams, **datamodule.hparams}
+    trainer = pl.Trainer(
+        **hardware,
+        max_epochs=args.max_epochs,
+        logger=make_logger(args, run_dir, config),
+        callbacks=[checkpoint],
+        default_root_dir=run_dir,
+        fast_dev_run=args.fast_dev_run,
+        enable_progress_bar=sys.stderr.isatty(),
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = checkpoint.best_model_path or None
+    results: dict[str, Any] = {
+        "variant": args.variant,
+        "run_dir": str(run_dir),
+        "best_checkpoint": best,
+        "epochs": trainer.current_epoch,
+        "split": datamodule.split.summary(),
+        "val": _scalars(trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)),
+    }
+    if args.test:
+        results["test"] = _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False))
+    if trainer.is_global_zero:
+        print(json.dumps(results, indent=2))
+        if args.results_json is not None:
+            args.results_json.parent.mkdir(parents=True, exist_ok=True)
+            args.results_json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _scalars(outputs: list[dict[str, float]]) -> dict[str, float]:
+    return {name: float(value) for output in outputs for name, value in output.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
