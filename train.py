@@ -24,6 +24,7 @@ from aae_lightning import VARIANTS, get_variant
 from aae_lightning.errors import UserError
 
 LOGGERS = ("wandb", "tensorboard", "csv", "none")
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 ALL_LABELS = "all"
 
 
@@ -81,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="which model to train")
+    run.add_argument("--preset", default=None,
+                     help=f"a paper experiment's settings: a YAML file or a name from presets/ "
+                          f"({', '.join(preset_names()) or 'none yet'}); flags given explicitly win")
+    run.add_argument("--variant", choices=sorted(VARIANTS), default=None, help="which model to train (required, or from --preset)")
     run.add_argument("--max-epochs", type=positive_int, default=20, help="epochs to train")
     run.add_argument("--labels", type=label_count, default=1000,
                      help="labeled training images, a multiple of 10 drawn evenly per digit, or 'all' "
@@ -128,6 +132,47 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             model.add_argument(flag, type=hint, default=None, help=help_text)
     return parser
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset's flag values, keyed like argparse destinations (`max_epochs`, `reconstruction_lr`)."""
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown --preset {name!r}; choose from {', '.join(preset_names())} or give a YAML file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"--preset {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--preset {path} must be a mapping of flag names to values")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; a preset's values become defaults, so explicit flags override them."""
+    parser = build_parser()
+    preset_parser = argparse.ArgumentParser(add_help=False)
+    preset_parser.add_argument("--preset")
+    known, _ = preset_parser.parse_known_args(argv)
+    if known.preset is not None:
+        try:
+            preset = load_preset(known.preset)
+        except UserError as error:
+            parser.error(str(error))
+        unknown = sorted(set(preset) - {action.dest for action in parser._actions})
+        if unknown:
+            parser.error(f"--preset {known.preset} sets unknown flags: {', '.join(unknown)}")
+        parser.set_defaults(**preset)
+    args = parser.parse_args(argv)
+    if args.variant is None:
+        parser.error("the following arguments are required: --variant")
+    return args
 
 
 def model_hparams(args: argparse.Namespace) -> dict[str, Any]:
@@ -284,7 +329,7 @@ def _scalars(outputs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         train(args)
     except UserError as error:
