@@ -241,7 +241,16 @@ class AutoencoderBase(pl.LightningModule):
             optimizer.step()
             self.untoggle_optimizer(optimizer)
             logs.update(phase_logs)
-        self.log_dict({f"train/{name}": value.detach() for name, value in logs.items()}, on_step=True, on_epoch=True)
+        self._log_train(logs, batch_size=len(self.training_images(batch)))
+
+    def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:
+        # Step values are this rank's own (syncing them would cost an all-reduce per loss per step); epoch means
+        # are synced over ranks once, when the epoch ends.
+        logs = {name: value.detach() for name, value in logs.items()}
+        self.log_dict({f"train/{name}_step": value for name, value in logs.items()}, on_step=True, on_epoch=False,
+                      batch_size=batch_size)
+        self.log_dict({f"train/{name}_epoch": value for name, value in logs.items()}, on_step=False, on_epoch=True,
+                      sync_dist=True, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._evaluate("val", *batch)
