@@ -130,6 +130,16 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
     return images.reshape(len(images), IMAGE_SIZE).float().div_(255), targets.long()
 
 
+def check_global_batch_sizes(world_size: int, batch_size: int, labeled_batch_size: int | None = None) -> None:
+    """Batch sizes are global: each of the `world_size` processes takes an equal share of every batch."""
+    for name, size in (("--batch-size", batch_size), ("--labeled-batch-size", labeled_batch_size)):
+        if size is not None and size % world_size:
+            raise DataError(
+                f"{name} {size} is global (split over all devices) and must divide evenly by the {world_size} "
+                f"processes; use a multiple of {world_size}"
+            )
+
+
 def _shard(global_batch: Tensor, rank: int, world_size: int) -> Tensor:
     per_rank = len(global_batch) // world_size
     return global_batch[rank * per_rank : (rank + 1) * per_rank]
@@ -263,13 +273,7 @@ class MNISTDataModule(pl.LightningDataModule):
             self._test = load_mnist(self.hparams.data_dir, train=False, download=False)
             self.split = make_split(self._train[1], self.hparams.seed, self.hparams.num_labels, self.hparams.val_size)
         self._check_fingerprint()
-        world_size = self._world_size()
-        for name, size in (("--batch-size", self.hparams.batch_size), ("labeled batch size", self.labeled_batch_size)):
-            if size % world_size:
-                raise DataError(
-                    f"{name} {size} is global (split over all devices) and must divide evenly by the {world_size} "
-                    f"devices; use a multiple of {world_size}"
-                )
+        check_global_batch_sizes(self._world_size(), self.hparams.batch_size, self.labeled_batch_size)
         primary = self.split.unlabeled if "unlabeled" in self.hparams.train_streams else self.split.labeled
         primary_batch = self.hparams.batch_size if "unlabeled" in self.hparams.train_streams else self.labeled_batch_size
         if len(primary) < primary_batch:

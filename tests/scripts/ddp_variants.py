@@ -1,0 +1,74 @@
+"""Run by tests/test_ddp.py as its own program, because Lightning's DDP launcher starts the other ranks by
+re-running the launching script: it must never be pytest itself.
+
+For each variant named on the command line: train a few batches on `--devices` CPU processes, then check on
+every rank that DDP kept the replicas identical and that training moved them. Rank 0 prints one JSON line per
+variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.strategies import DDPStrategy
+
+from aae_lightning import get_variant
+from datamodules import MNISTDataModule
+
+SMALL_NETWORKS = {"hidden_sizes": (64, 64), "disc_hidden_sizes": (32,)}
+
+
+def parameter_vector(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--save-params", default=None, help="folder for each variant's final parameters (rank 0)")
+    parser.add_argument("variants", nargs="+")
+    args = parser.parse_args()
+    for name in args.variants:
+        cls = get_variant(name)
+        hparams = {key: value for key, value in SMALL_NETWORKS.items() if key in cls.Hparams.__dataclass_fields__}
+        pl.seed_everything(0, verbose=False)
+        model = cls(**hparams)
+        initial = parameter_vector(model).clone()
+        datamodule = MNISTDataModule(args.data_dir, num_labels=100, val_size=100, batch_size=50, download=False,
+                                     train_streams=cls.train_streams)
+        trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=DDPStrategy(find_unused_parameters=True),
+                             max_epochs=1, limit_train_batches=args.batches, limit_val_batches=2, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(model, datamodule=datamodule)
+        final = parameter_vector(model)
+        gathered = [torch.zeros_like(final) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, final)
+        prior_draw = model.sample_prior(next(iter(model.priors)), 4) if model.priors else torch.zeros(4, 1)
+        prior_draws = [torch.zeros_like(prior_draw) for _ in range(dist.get_world_size())]
+        dist.all_gather(prior_draws, prior_draw)
+        fingerprints = [None] * dist.get_world_size()
+        dist.all_gather_object(fingerprints, datamodule.split.fingerprint)
+        if trainer.is_global_zero:
+            if args.save_params:
+                torch.save(final, f"{args.save_params}/{name}.pt")
+            print(json.dumps({
+                "variant": name,
+                "world_size": dist.get_world_size(),
+                "replicas_identical": all(torch.equal(gathered[0], other) for other in gathered[1:]),
+                "parameters_moved": not torch.equal(initial, final),
+                "prior_samples_differ": not torch.equal(prior_draws[0], prior_draws[1]) if model.priors else None,
+                "same_split_fingerprint": len(set(fingerprints)) == 1,
+                "global_step": trainer.global_step,
+                "phases": list(cls.phases),
+                "val_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
