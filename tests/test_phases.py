@@ -1,0 +1,289 @@
+"""The phase-by-phase training step, driven by a real `pl.Trainer` on tiny MNIST files.
+
+Optimizer step hooks (`register_step_pre_hook` / `register_step_post_hook`, torch's own API) see each phase's
+step from the inside: which parameters it changed, which gradients its backward pass wrote, and which networks
+were in training mode. Nothing is mocked: the hooks observe the very optimizers Lightning configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
+from aae_lightning.base import AutoencoderBase
+from datamodules.mnist import MNISTDataModule
+
+SMALL = {"hidden_sizes": (32, 24), "disc_hidden_sizes": (16,), "dropout": 0.2, "input_noise": 0.1}
+PAPER_VARIANTS = ("ae", "aae", "supervised", "semi")
+NETWORKS = ("encoder", "decoder", "discriminators")
+
+
+def small_model(name: str, **overrides: Any) -> AutoencoderBase:
+    cls = get_variant(name)
+    known = {f for f in cls.Hparams.__dataclass_fields__}
+    return cls(**{key: value for key, value in {**SMALL, **overrides}.items() if key in known})
+
+
+def tiny_datamodule(data_dir: Path, model: AutoencoderBase) -> MNISTDataModule:
+    return MNISTDataModule(
+        str(data_dir), num_labels=100, val_size=100, batch_size=20, download=False, train_streams=model.train_streams
+    )
+
+
+def make_trainer(batches: int, epochs: int = 1, callbacks: list[pl.Callback] | None = None, **kwargs: Any) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks or [],
+        **kwargs,
+    )
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def changed(before: dict[str, Tensor], after: dict[str, Tensor]) -> set[str]:
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@dataclass
+class StepRecord:
+    phase: str
+    batch: int
+    #: (parameter, its .grad was None when this phase's backward delivered a gradient to it)
+    gradients: list[tuple[str, bool]]
+    #: for each network, whether it and every submodule were in training mode (None: mixed)
+    modes: dict[str, bool | None]
+    before: dict[str, Tensor]
+    changed: set[str] = field(default_factory=set)
+
+
+class PhaseRecorder(pl.Callback):
+    """Records every optimizer step of the run, hooked into the optimizers Lightning built."""
+
+    def __init__(self) -> None:
+        self.steps: list[StepRecord] = []
+        self.pending: list[tuple[str, bool]] = []
+        self.batch = -1
+        self.requires_grad_after_batch: list[bool] = []
+        self.handles: list[Any] = []
+
+    def on_train_start(self, trainer: pl.Trainer, model: AutoencoderBase) -> None:
+        for phase, optimizer in zip(model.phases, trainer.optimizers):
+            self.handles.append(optimizer.register_step_pre_hook(partial(self._before_step, phase, model)))
+            self.handles.append(optimizer.register_step_post_hook(partial(self._after_step, model)))
+        for name, parameter in model.named_parameters():
+            # a tensor hook runs before the gradient is accumulated into .grad, so it can tell a fresh one
+            self.handles.append(parameter.register_hook(partial(self._on_gradient, name, parameter)))
+
+    def on_train_end(self, trainer: pl.Trainer, model: AutoencoderBase) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, model: AutoencoderBase, batch: Any, batch_idx: int) -> None:
+        self.batch = batch_idx
+
+    def on_train_batch_end(self, trainer: pl.Trainer, model: AutoencoderBase, *args: Any) -> None:
+        self.requires_grad_after_batch.extend(p.requires_grad for p in model.parameters())
+
+    def _on_gradient(self, name: str, parameter: Tensor, grad: Tensor) -> None:
+        self.pending.append((name, parameter.grad is None))
+
+    def _before_step(self, phase: str, model: AutoencoderBase, optimizer: Any, args: Any, kwargs: Any) -> None:
+        modes = {}
+        for name in NETWORKS:
+            flags = {m.training for m in getattr(model, name).modules()}
+            modes[name] = flags.pop() if len(flags) == 1 else None
+        self.steps.append(StepRecord(phase, self.batch, self.pending, modes, snapshot(model)))
+        self.pending = []
+
+    def _after_step(self, model: AutoencoderBase, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.steps[-1].changed = changed(self.steps[-1].before, snapshot(model))
+
+
+@dataclass
+class Run:
+    model: AutoencoderBase
+    trainer: pl.Trainer
+    recorder: PhaseRecorder
+
+
+BATCHES = 2
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def run(request: pytest.FixtureRequest, tiny_mnist_dir: Path) -> Run:
+    torch.manual_seed(0)
+    model = small_model(request.param)
+    recorder = PhaseRecorder()
+    trainer = make_trainer(BATCHES, callbacks=[recorder])
+    trainer.fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    return Run(model, trainer, recorder)
+
+
+def test_every_phase_steps_once_per_batch_in_order(run: Run) -> None:
+    phases = [(step.batch, step.phase) for step in run.recorder.steps]
+    assert phases == [(batch, phase) for batch in range(BATCHES) for phase in run.model.phases]
+    # manual optimization: global_step counts optimizer steps, one per phase, not batches
+    assert run.trainer.global_step == BATCHES * len(run.model.phases)
+
+
+def test_the_paper_phases_own_the_paper_networks() -> None:
+    # what the generic checks below compare against, pinned: a change here changes what each phase may touch
+    assert AutoencoderBase.phase_modules == {
+        "reconstruction": ("encoder", "decoder"),
+        "regularization": ("discriminators",),
+        "generator": ("encoder",),
+        "classification": ("encoder",),
+    }
+    for name in PAPER_VARIANTS:
+        assert get_variant(name).phase_modules == AutoencoderBase.phase_modules
+
+
+def test_each_step_changes_its_own_parameters_only(run: Run) -> None:
+    for step in run.recorder.steps:
+        owners = set(run.model.phase_modules[step.phase])
+        touched = {top(name) for name in step.changed}
+        assert touched <= owners, f"{step.phase} step changed {touched - owners}"
+        assert step.changed, f"{step.phase} step changed nothing"
+        if step.phase == "regularization":  # every discriminator learns, not just the first
+            assert {name.split(".")[1] for name in step.changed} == set(run.model.discriminators)
+        if step.phase in ("reconstruction", "generator", "classification"):
+            assert "encoder" in touched
+
+
+def test_each_step_uses_fresh_gradients_of_its_own_loss_only(run: Run) -> None:
+    for step in run.recorder.steps:
+        owners = set(run.model.phase_modules[step.phase])
+        received = {name for name, _ in step.gradients}
+        # frozen networks get no gradient at all: a critic or decoder the loss passes through stays untouched
+        assert {top(name) for name in received} <= owners, f"{step.phase} backward wrote into {received}"
+        # every gradient arrived into an empty .grad: nothing left over from an earlier phase was added to it
+        stale = [name for name, fresh in step.gradients if not fresh]
+        assert not stale, f"{step.phase} accumulated onto stale gradients of {stale}"
+        # and exactly the parameters that received one moved (Adam moves nothing without a gradient)
+        assert step.changed <= received
+
+
+def test_parameters_are_trainable_again_after_every_batch(run: Run) -> None:
+    assert run.recorder.requires_grad_after_batch and all(run.recorder.requires_grad_after_batch)
+
+
+EXPECTED_MODES = {  # the rule in `_set_train_modes`: a network trains where it is updated; the encoder always
+    "reconstruction": {"encoder": True, "decoder": True, "discriminators": False},
+    "regularization": {"encoder": True, "decoder": False, "discriminators": True},
+    "generator": {"encoder": True, "decoder": False, "discriminators": False},
+    "classification": {"encoder": True, "decoder": False, "discriminators": False},
+}
+
+
+def test_train_and_eval_modes_follow_the_phase(run: Run) -> None:
+    for step in run.recorder.steps:
+        if step.phase in EXPECTED_MODES and run.model.phase_modules[step.phase] == AutoencoderBase.phase_modules[step.phase]:
+            assert step.modes == EXPECTED_MODES[step.phase], step.phase
+
+
+def test_dropout_is_really_active_in_the_encoder_and_off_where_a_phase_does_not_update(tiny_mnist_dir: Path) -> None:
+    # the mode flags above matter only if they change outputs: dropout makes two passes differ in training mode
+    model = small_model("aae", dropout=0.5)
+    images = torch.rand(8, 784)
+    model._set_train_modes("generator")
+    assert not torch.equal(model.encoder(images)["z"], model.encoder(images)["z"])
+    assert torch.equal(model.decoder(torch.ones(8, 2)), model.decoder(torch.ones(8, 2)))
+
+
+class InjectNaN(pl.Callback):
+    """Writes NaN into one bias at the start of a given batch and snapshots the parameters right after."""
+
+    def __init__(self, parameter: str, batch: int) -> None:
+        self.parameter, self.batch = parameter, batch
+        self.at_injection: dict[str, Tensor] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, model: AutoencoderBase, batch: Any, batch_idx: int) -> None:
+        if batch_idx == self.batch:
+            with torch.no_grad():
+                model.get_parameter(self.parameter).fill_(float("nan"))
+            self.at_injection = snapshot(model)
+
+
+def assert_unchanged(before: dict[str, Tensor], model: torch.nn.Module, prefix: str = "") -> None:
+    for name, parameter in model.named_parameters():
+        if name.startswith(prefix):
+            assert torch.allclose(before[name], parameter.detach(), equal_nan=True, rtol=0, atol=0), name
+
+
+@pytest.mark.parametrize("variant", PAPER_VARIANTS)
+def test_a_nan_loss_stops_training_before_any_parameter_moves(variant: str, tiny_mnist_dir: Path) -> None:
+    model = small_model(variant)
+    last_layer = [name for name, _ in model.decoder.named_parameters()][-1]
+    injector = InjectNaN(f"decoder.{last_layer}", batch=2)
+    with pytest.raises(NonFiniteLossError, match=r"^reconstruction loss is nan at epoch 0, batch 2;"):
+        make_trainer(4, callbacks=[injector]).fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    assert injector.at_injection, "the NaN was never injected"
+    assert_unchanged(injector.at_injection, model)
+
+
+def test_a_nan_in_a_later_phase_leaves_that_phase_untouched(tiny_mnist_dir: Path) -> None:
+    model = small_model("aae")
+    injector = InjectNaN("discriminators.z.net.0.bias", batch=1)
+    with pytest.raises(NonFiniteLossError, match=r"^regularization loss is nan at epoch 0, batch 1;"):
+        make_trainer(4, callbacks=[injector]).fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    # reconstruction ran before the NaN phase; the discriminator, whose loss was NaN, never stepped
+    assert_unchanged(injector.at_injection, model, prefix="discriminators.")
+    assert changed(injector.at_injection, snapshot(model)) & {n for n, _ in model.decoder.named_parameters(prefix="decoder")}
+
+
+class RecordLearningRates(pl.Callback):
+    """Each optimizer's rate as the epoch's first batch sees it, keyed by (epoch, optimizer index)."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[tuple[int, int], float] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, model: AutoencoderBase, batch: Any, batch_idx: int) -> None:
+        for index, optimizer in enumerate(trainer.optimizers):
+            self.by_epoch[trainer.current_epoch, index] = optimizer.param_groups[0]["lr"]
+
+
+def test_learning_rate_milestones_follow_the_epoch_even_after_resuming(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    settings = {"lr_milestones": (2, 3), "lr_gamma": 0.5, "reconstruction_lr": 1e-3, "regularization_lr": 4e-4,
+                "generator_lr": 2e-4}
+    base = [1e-3, 4e-4, 2e-4]
+    factors = {0: 1, 1: 1, 2: 0.5, 3: 0.25}
+    expected = {(epoch, index): lr * factor for epoch, factor in factors.items() for index, lr in enumerate(base)}
+
+    model = small_model("aae", **settings)
+    through = RecordLearningRates()
+    make_trainer(1, epochs=4, callbacks=[through]).fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    assert through.by_epoch == pytest.approx(expected)
+
+    # stopped after epoch 1 and resumed: nothing but the epoch counter tells the new run to decay at epoch 2
+    model = small_model("aae", **settings)
+    first = make_trainer(1, epochs=2)
+    first.fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    model = small_model("aae", **settings)
+    resumed = RecordLearningRates()
+    make_trainer(1, epochs=4, callbacks=[resumed]).fit(
+        model, tiny_datamodule(tiny_mnist_dir, model), ckpt_path=str(tmp_path / "epoch1.ckpt")
+    )
+    assert resumed.by_epoch == pytest.approx({key: lr for key, lr in expected.items() if key[0] >= 2})
