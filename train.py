@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         origin = typing.get_origin(hint)
         if origin is tuple:
             model.add_argument(flag, type=typing.get_args(hint)[0], nargs="*", default=None, help=help_text)
+        elif hint is bool:  # type=bool would read "False" as True
+            model.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             model.add_argument(flag, type=hint, default=None, help=help_text)
     return parser

@@ -1,0 +1,74 @@
+"""Unsupervised clustering with a categorical code (paper section 6, Table 3).
+
+The semi-supervised architecture without labels and without the classification phase: the encoder's softmax
+head y has K categories (the clusters), a categorical prior and a Gaussian style prior regularize y and z, and
+the decoder rebuilds the image from both.
+
+Cluster accuracy (`val/cluster_acc`, `test/cluster_acc`) uses the paper's rule: each cluster takes the label of
+the image with the highest q(y=k|x) (see `evaluation.ClusterAccuracy`). During training the rule is applied
+to each evaluated set on its own; `evaluate.py` follows the paper exactly, labelling the clusters from the
+validation set and scoring the test set. `*_cluster_acc_majority` gives each cluster its majority label.
+Labels never choose the checkpoint: `monitor` is the reconstruction loss, so the model stays unsupervised.
+"""
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from aae_lightning.base import AdversarialHparams, hparam
+from aae_lightning.evaluation import ClusterAccuracy
+from aae_lightning.registry import register
+from aae_lightning.semi import CategoricalStyleAAE
+
+
+@dataclass
+class ClusteringHparams(AdversarialHparams):
+    num_clusters: int = hparam(16, "number of clusters K (categories of the code y)")
+    latent_dim: int = hparam(5, "width of the style code z")
+    prior_std: float = hparam(1.0, "std of the Gaussian prior on the style z")
+    input_dropout: float = hparam(0.0, "dropout on the encoder's input only (the paper's clustering model: 0.2)")
+    encoder_batchnorm: bool = hparam(False, "batch normalization after every linear layer of the encoder, heads included")
+
+
+@register("clustering")
+class ClusteringAAE(CategoricalStyleAAE):
+    Hparams = ClusteringHparams
+    monitor = ("val/recon_loss", "min")
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_clusters
+
+    def build(self) -> None:
+        super().build()
+        if self.config.encoder_batchnorm:
+            self.encoder.trunk = with_batchnorm(self.encoder.trunk)
+            self.encoder.heads = nn.ModuleDict({name: with_batchnorm(nn.Sequential(head)) for name, head in self.encoder.heads.items()})
+        if self.config.input_dropout > 0:
+            self.encoder.trunk.insert(0, nn.Dropout(self.config.input_dropout))
+
+    def make_metrics(self) -> dict[str, Metric]:
+        return {
+            **super().make_metrics(),
+            "cluster_acc": ClusterAccuracy(self.num_classes, rule="paper"),
+            "cluster_acc_majority": ClusterAccuracy(self.num_classes, rule="majority"),
+        }
+
+    def update_metrics(self, metrics: nn.ModuleDict, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        outputs = super().update_metrics(metrics, images, labels)
+        probs = F.softmax(outputs["y"], dim=1)
+        for name in ("cluster_acc", "cluster_acc_majority"):
+            metrics[name].update(probs, labels)
+        return outputs
+
+
+def with_batchnorm(layers: nn.Sequential) -> nn.Sequential:
+    """The same layers with a BatchNorm1d after every Linear."""
+    out = nn.Sequential()
+    for layer in layers:
+        out.append(layer)
+        if isinstance(layer, nn.Linear):
+            out.append(nn.BatchNorm1d(layer.out_features))
+    return out

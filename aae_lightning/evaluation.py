@@ -1,0 +1,112 @@
+"""Evaluation metrics of the paper that are not plain accuracies: cluster accuracy and the Parzen window
+log-likelihood.
+
+Cluster accuracy follows the paper (section 6): "for each cluster i, we found the validation example x_n that
+maximizes q(y_i|x_n) and assigned the label of x_n to all points in cluster i". The majority label of each
+cluster is available too, as the more common alternative; it uses every label of the set it is computed on.
+
+The Parzen estimate follows Goodfellow et al.'s `parzen_ll.py` (goodfeli/adversarial), which the paper cites:
+a Gaussian kernel of width sigma on each of the generated samples, sigma chosen on validation images from a
+log-spaced grid, and the test log-likelihood reported as mean and standard error over the test images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+CLUSTER_RULES = ("paper", "majority")
+
+
+class ClusterAccuracy(Metric):
+    """Accuracy of a clustering once each cluster is given one class label.
+
+    Two states, both correct under DDP because each reduces elementwise over ranks:
+    `counts[k, c]` (sum) is how many images of class c fall in cluster k (their most probable cluster), and
+    `top_prob[k, c]` (max) is the highest q(y=k|x) over the images of class c. The paper's label of cluster k is
+    the class of the single image with the highest q(y=k|x), i.e. `top_prob[k].argmax()`; the majority label is
+    `counts[k].argmax()`. A cluster no image was seen for keeps label 0 (it holds no image either, so its label
+    cannot change the accuracy of the same set).
+
+    `compute()` labels the clusters from the data it has seen and scores that same data. To score a test set
+    with labels chosen on the validation set (the paper's protocol), take `assignment()` of a metric fed the
+    validation set and pass it to `accuracy()` of one fed the test set.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_clusters: int, num_classes: int = 10, rule: str = "paper", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if rule not in CLUSTER_RULES:
+            raise ValueError(f"rule must be one of {CLUSTER_RULES}, got {rule!r}")
+        self.num_clusters, self.num_classes, self.rule = num_clusters, num_classes, rule
+        self.add_state("counts", torch.zeros(num_clusters, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        # probabilities lie in [0, 1], so -1 marks "no image of this class seen yet" and loses every max
+        self.add_state("top_prob", torch.full((num_clusters, num_classes), -1.0), dist_reduce_fx="max")
+
+    def update(self, cluster_probs: Tensor, labels: Tensor) -> None:
+        """`cluster_probs`: (n, K) probabilities (or logits: only their order per column matters for the rule,
+        but pass probabilities so that states from different batches compare); `labels`: (n,) true classes."""
+        clusters = cluster_probs.argmax(dim=1)
+        flat = clusters * self.num_classes + labels
+        self.counts += torch.bincount(flat, minlength=self.num_clusters * self.num_classes).view_as(self.counts)
+        # per (cluster, class): the highest probability of that cluster among images of that class
+        best = torch.full_like(self.top_prob, -1.0)
+        index = labels.unsqueeze(0).expand(self.num_clusters, -1)
+        best.scatter_reduce_(1, index, cluster_probs.t().to(best.dtype), reduce="amax")
+        self.top_prob = torch.maximum(self.top_prob, best)
+
+    def assignment(self) -> Tensor:
+        """The class label of each cluster, shape (K,), by this metric's rule."""
+        return (self.top_prob if self.rule == "paper" else self.counts).argmax(dim=1)
+
+    def accuracy(self, assignment: Tensor) -> Tensor:
+        """Fraction of the images seen whose cluster's label (under `assignment`) is their class."""
+        correct = self.counts.gather(1, assignment.to(self.counts.device).view(-1, 1)).sum()
+        return correct.float() / self.counts.sum().clamp(min=1)
+
+    def compute(self) -> Tensor:
+        return self.accuracy(self.assignment())
+
+
+def parzen_log_densities(points: Tensor, samples: Tensor, sigmas: Tensor, batch_size: int = 100) -> Tensor:
+    """log p(x) of each point under a Gaussian Parzen window of width sigma centred on each sample, for every
+    sigma at once: shape (len(sigmas), len(points)). Computed in float64, since the log-sum-exp of 10,000 terms
+    of size -|x - mu|^2 / 2 sigma^2 amplifies rounding errors of the squared distances."""
+    samples = samples.to(torch.float64)
+    sigmas = sigmas.to(torch.float64)
+    sample_norms = samples.square().sum(dim=1)
+    dim, log_count = samples.shape[1], math.log(len(samples))
+    # the kernel's normaliser: d * log(sigma * sqrt(2 pi)), as in parzen_ll.py
+    log_normaliser = dim * torch.log(sigmas * math.sqrt(2 * math.pi))
+    out = []
+    for chunk in _chunks(points.to(torch.float64), batch_size):
+        # |x - mu|^2 once per chunk, shared by every sigma; clamped because the expansion can dip below 0
+        distances = (chunk.square().sum(dim=1, keepdim=True) - 2 * chunk @ samples.t() + sample_norms).clamp_(min=0)
+        exponents = -0.5 * distances.unsqueeze(0) / sigmas.view(-1, 1, 1).square()
+        out.append(torch.logsumexp(exponents, dim=2) - log_count - log_normaliser.view(-1, 1))
+    return torch.cat(out, dim=1)
+
+
+def _chunks(tensor: Tensor, size: int) -> Iterator[Tensor]:
+    return (tensor[start : start + size] for start in range(0, len(tensor), size))
+
+
+def select_parzen_sigma(validation: Tensor, samples: Tensor, sigmas: Tensor) -> tuple[float, Tensor]:
+    """The sigma of the grid with the highest mean validation log-likelihood, and that mean for every sigma."""
+    means = parzen_log_densities(validation, samples, sigmas).mean(dim=1)
+    return float(sigmas[means.argmax()]), means
+
+
+def parzen_summary(log_densities: Tensor) -> tuple[float, float]:
+    """Mean log-likelihood and its standard error (std / sqrt(n)), as reported by Goodfellow et al. and the paper."""
+    return float(log_densities.mean()), float(log_densities.std() / math.sqrt(len(log_densities)))
+
+
+def default_sigma_grid() -> Tensor:
+    """parzen_ll.py's grid: 10 values log-spaced from 0.1 to 1 (pixels in [0, 1])."""
+    return torch.logspace(-1, 0, 10, dtype=torch.float64)

@@ -1,0 +1,180 @@
+"""Evaluate a trained checkpoint of any variant on the MNIST test set.
+
+    python evaluate.py --ckpt runs/RUN/checkpoints/last.ckpt --data-dir ../shared/data --json eval.json
+
+Reports every test metric the variant logs (reconstruction loss; accuracy for classifying variants), the
+clustering error with the paper's protocol (cluster labels chosen on the validation set, error measured on the
+test set), and the Parzen window log-likelihood of the test set under decoder samples from the prior, with the
+kernel width chosen on validation images (Goodfellow et al.'s parzen_ll.py, as the paper). The split is rebuilt
+from the checkpoint and checked against its fingerprint. Checkpoints are unpickled: evaluate trusted files only.
+A checkpoint that cannot be evaluated ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from aae_lightning import AutoencoderBase, get_variant
+from aae_lightning.errors import UserError
+from aae_lightning.evaluation import default_sigma_grid, parzen_log_densities, parzen_summary, select_parzen_sigma
+from datamodules import MNISTDataModule
+from train import OneLineParser, positive_int
+
+REQUIRED_KEYS = ("aae_variant", "hyper_parameters", "state_dict", "datamodule_hyper_parameters")
+EVAL_BATCH = 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ckpt", required=True, type=Path, help="a checkpoint written by train.py")
+    parser.add_argument("--data-dir", default=None, help="folder with MNIST/raw/ (default: the one the run trained on)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--parzen", action=argparse.BooleanOptionalAction, default=True,
+                        help="estimate the Parzen window log-likelihood (variants with a prior)")
+    parser.add_argument("--parzen-samples", type=positive_int, default=10_000, help="decoder samples from the prior")
+    parser.add_argument("--parzen-val-size", type=positive_int, default=1_000,
+                        help="validation images that choose the kernel width (parzen_ll.py uses 1,000)")
+    parser.add_argument("--parzen-test-size", type=positive_int, default=None,
+                        help="score only the first N test images (default: all 10,000)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the prior samples")
+    return parser
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch.load fails with a different exception type for every kind of bad file
+        raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} cannot be evaluated: it lacks {', '.join(missing)} (was it written by train.py?)")
+    return checkpoint
+
+
+def restore_model(checkpoint: dict[str, Any]) -> AutoencoderBase:
+    cls = get_variant(checkpoint["aae_variant"])
+    try:
+        model = cls(**checkpoint["hyper_parameters"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line})") from None
+    return model.eval()
+
+
+def restore_datamodule(checkpoint: dict[str, Any], data_dir: str | None) -> MNISTDataModule:
+    settings = dict(checkpoint["datamodule_hyper_parameters"])
+    settings["download"] = False
+    if data_dir is not None:
+        settings["data_dir"] = data_dir
+    try:
+        datamodule = MNISTDataModule(**settings)
+    except TypeError as error:  # settings saved by a datamodule of another version
+        raise UserError(f"the checkpoint's data settings do not fit this code ({error})") from None
+    datamodule.load_state_dict(checkpoint.get(MNISTDataModule.__qualname__, {}))
+    datamodule.setup("test")  # raises if the rebuilt split's fingerprint differs from the checkpoint's
+    return datamodule
+
+
+@torch.no_grad()
+def stage_metrics(model: AutoencoderBase, stage: str, images: Tensor, labels: Tensor) -> dict[str, float]:
+    """Every metric the variant logs for `stage`, over the whole set."""
+    metrics = model.metrics[stage]
+    for metric in metrics.values():
+        metric.reset()
+    for start in range(0, len(images), EVAL_BATCH):
+        model.update_metrics(metrics, images[start : start + EVAL_BATCH], labels[start : start + EVAL_BATCH])
+    return {f"{stage}/{name}": float(metric.compute()) for name, metric in metrics.items()}
+
+
+@torch.no_grad()
+def prior_images(model: AutoencoderBase, n: int, generator: torch.Generator) -> Tensor:
+    """n decoder outputs for codes drawn from the prior (and a uniform class, for class-conditioned decoders)."""
+    z = model.latent_prior.sample(n, generator=generator)
+    labels = torch.randint(model.num_classes, (n,), generator=generator) if model.num_classes else None
+    return torch.cat([model.decode(z[s : s + EVAL_BATCH], None if labels is None else labels[s : s + EVAL_BATCH])
+                      for s in range(0, n, EVAL_BATCH)])
+
+
+def parzen(model: AutoencoderBase, datamodule: MNISTDataModule, args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    samples = prior_images(model, args.parzen_samples, torch.Generator().manual_seed(args.seed))
+    validation = datamodule.validation_data()[0][: args.parzen_val_size]
+    test = datamodule.test_data()[0][: args.parzen_test_size]
+    sigmas = default_sigma_grid()
+    sigma, validation_means = select_parzen_sigma(validation, samples, sigmas)
+    mean, stderr = parzen_summary(parzen_log_densities(test, samples, torch.tensor([sigma]))[0])
+    return {
+        "test/parzen_ll": mean,
+        "test/parzen_ll_stderr": stderr,
+        "parzen_sigma": sigma,
+        "parzen_sigma_at_grid_edge": sigma in (float(sigmas[0]), float(sigmas[-1])),
+        "parzen_val_ll_by_sigma": {f"{float(s):.4f}": float(v) for s, v in zip(sigmas, validation_means)},
+        "parzen_samples": len(samples),
+        "parzen_val_images": len(validation),
+        "parzen_test_images": len(test),
+        "parzen_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    checkpoint = load_checkpoint(args.ckpt)
+    model = restore_model(checkpoint)
+    datamodule = restore_datamodule(checkpoint, args.data_dir)
+    results: dict[str, Any] = {
+        "checkpoint": str(args.ckpt),
+        "variant": model.variant_name,
+        # Lightning stores the epoch the checkpoint was written in, before its counter moves on
+        "epochs_trained": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
+        "split": datamodule.split.summary(),
+    }
+    results.update(stage_metrics(model, "val", *datamodule.validation_data()))
+    results.update(stage_metrics(model, "test", *datamodule.test_data()))
+    if "acc" in model.metrics["test"]:
+        results["test/error"] = 1 - results["test/acc"]
+    if "cluster_acc" in model.metrics["test"]:
+        # the paper's protocol: each cluster's label comes from the validation set, the error from the test set
+        assignment = model.metrics["val"]["cluster_acc"].assignment()
+        results["test/cluster_error"] = float(1 - model.metrics["test"]["cluster_acc"].accuracy(assignment))
+        results["cluster_labels"] = assignment.tolist()
+    if args.parzen and model.latent_prior is not None:
+        results.update(parzen(model, datamodule, args))
+    return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows = [(key, f"{value:.4f}" if isinstance(value, float) else str(value)) for key, value in results.items()
+            if not isinstance(value, (dict, list))]
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        results = evaluate(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_table(results)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
