@@ -42,6 +42,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
 def label_count(text: str) -> int | None:
     """A number of labeled images, or 'all'."""
     if text == ALL_LABELS:
@@ -111,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--output-dir", type=Path, default=Path("runs"), help="each run gets a folder in here")
     output.add_argument("--run-name", default=None,
                         help="the run folder's name (default: variant, labels, seed and the start time)")
+    output.add_argument("--image-every-n-epochs", type=non_negative_int, default=1,
+                        help="draw latent grid, style grid, samples, reconstructions, latent scatter and confusion "
+                             "matrix every N epochs and after the last (PNGs in RUN_FOLDER/images/, and to the "
+                             "logger); 0: never")
 
     hardware = parser.add_argument_group("hardware (Lightning Trainer arguments)")
     hardware.add_argument("--gpus", type=int, default=None,
@@ -253,6 +264,16 @@ def make_logger(args: argparse.Namespace, run_dir: Path, config: dict[str, Any])
     return make_wandb_logger(project=args.project, name=run_dir.name, save_dir=run_dir, config=config)
 
 
+def build_callbacks(args: argparse.Namespace, checkpoint: Any) -> list[Any]:
+    """The checkpoint, the run-config and W&B-axis callbacks, and the image callbacks (unless
+    --image-every-n-epochs 0). Imported here: matplotlib is not needed before training starts."""
+    from callbacks.images import image_callbacks
+    from callbacks.run_config import LogRunConfig
+    from callbacks.wandb_setup import WandbEpochAxis
+
+    return [checkpoint, LogRunConfig(), WandbEpochAxis(), *image_callbacks(args.image_every_n_epochs, seed=args.seed)]
+
+
 def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> str | None:
     if args.ckpt_path is None:
         return None
@@ -301,7 +322,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         **hardware,
         max_epochs=args.max_epochs,
         logger=make_logger(args, run_dir, config),
-        callbacks=[checkpoint],
+        callbacks=build_callbacks(args, checkpoint),
         default_root_dir=run_dir,
         fast_dev_run=args.fast_dev_run,
         enable_progress_bar=sys.stderr.isatty(),

@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
+from pytorch_lightning import Callback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 WANDB_HOST = "api.wandb.ai"
+#: the key Lightning adds to every row it logs; the x-axis of per-epoch charts
+EPOCH = "epoch"
 
 
 def has_wandb_credentials() -> bool:
@@ -49,3 +53,48 @@ def _logger(project: str, name: str, save_dir: Path, mode: str) -> WandbLogger:
     settings = wandb.Settings(init_timeout=30, silent=True)
     return WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=mode == "offline", mode=mode,
                        settings=settings)
+
+
+def is_per_epoch(key: str) -> bool:
+    """Metrics logged once per epoch: every validation and test metric, and the epoch means of training ones."""
+    return key.startswith(("val/", "test/")) or (key.startswith("train/") and key.endswith("_epoch"))
+
+
+class WandbEpochAxis(Callback):
+    """Plots per-epoch metrics over `epoch` in W&B instead of over steps.
+
+    Lightning's `WandbLogger` charts every metric (glob "*") over `trainer/global_step`, which here advances once
+    per batch while three or four optimizers step; an epoch-mean plotted over it is hard to compare across
+    variants. A glob such as "val/*" would compete with "*" (W&B picks one of several matching globs
+    arbitrarily), so each per-epoch metric gets an exact definition instead, which always wins, as soon as it
+    has been logged. Definitions are run metadata: the charts follow the latest one, whenever it was made.
+    Needs nothing of the module; does nothing without a `WandbLogger`.
+    """
+
+    def __init__(self) -> None:
+        self._defined: set[str] = set()
+
+    def _define_new(self, trainer: pl.Trainer) -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        new = sorted(key for key in trainer.logged_metrics if is_per_epoch(key) and key not in self._defined)
+        for logger in loggers:
+            if not self._defined:
+                logger.experiment.define_metric(EPOCH)
+            for key in new:
+                logger.experiment.define_metric(key, step_metric=EPOCH, step_sync=True)
+        self._defined.update(new)
+
+    # validation and test metrics reach the loggers just before these hooks; training epoch means by on_train_end
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._define_new(trainer)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._define_new(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._define_new(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._define_new(trainer)

@@ -1,0 +1,253 @@
+"""The image callbacks and the W&B run set-up, end to end through train.py on tiny data.
+
+W&B runs are real offline runs. wandb 0.31 ships no Python reader for its `.wandb` files, so `wandb_records`
+reads them here: the file is a LevelDB-style log (32 KiB blocks of chunks with a 7-byte header) of
+`wandb_internal_pb2.Record` protobufs, after a 7-byte ":W&B" file header.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 2
+VAL_SIZE = 100
+SEMI_IMAGES = ("latent_grid", "style_grid", "samples", "reconstructions", "latent_scatter", "confusion_matrix")
+BLOCK_SIZE, CHUNK_HEADER = 32 * 1024, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def train_argv(data_dir: Path, output_dir: Path, variant: str = "semi", logger: str = "none", *extra: str) -> list[str]:
+    """A two-epoch run on the tiny data with small networks, drawing every epoch."""
+    adversarial = [] if variant == "ae" else ["--disc-hidden-sizes", "32", "32"]
+    return ["--variant", variant, "--data-dir", str(data_dir), "--no-download", "--labels", "100",
+            "--val-size", str(VAL_SIZE), "--batch-size", "50", "--max-epochs", str(EPOCHS), "--gpus", "0",
+            "--hidden-sizes", "64", "64", *adversarial, "--logger", logger, "--output-dir", str(output_dir),
+            "--run-name", f"{variant}-run", "--image-every-n-epochs", "1", *extra]
+
+
+def run_in_process(argv: list[str]) -> dict[str, Any]:
+    results = train.train(train.parse_args(argv))
+    import wandb
+
+    # train.py leaves the W&B run open for the interpreter's exit to close; this process goes on
+    wandb.finish()
+    return results
+
+
+# ----- reading what the loggers wrote ---------------------------------------------------------------------------
+def wandb_records(path: Path) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, pending, position = [], b"", CHUNK_HEADER
+    while position + CHUNK_HEADER <= len(data):
+        room = BLOCK_SIZE - position % BLOCK_SIZE
+        if room < CHUNK_HEADER:  # a block's tail too short for a header is padding
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + CHUNK_HEADER])
+        if kind == 0:  # zero padding up to the end of the block
+            position += room
+            continue
+        pending += data[position + CHUNK_HEADER : position + CHUNK_HEADER + length]
+        position += CHUNK_HEADER + length
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+        else:
+            assert kind in (FIRST, MIDDLE), f"corrupt chunk type {kind} in {path}"
+    return records
+
+
+def history_rows(records: list[Any]) -> list[dict[str, Any]]:
+    """Each logged row as {key: value}; a media value is a dict of its fields (path, caption, ...)."""
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row: dict[str, Any] = {}
+        for item in record.history.item:
+            keys = list(item.nested_key) or [item.key]
+            value = json.loads(item.value_json)
+            if len(keys) == 1:
+                row[keys[0]] = value
+            else:
+                row.setdefault(keys[0], {})[keys[1]] = value
+        rows.append(row)
+    # W&B numbers its rows 0, 1, 2, ...: a gap would mean the reader lost a record
+    assert [row["_step"] for row in rows] == list(range(len(rows)))
+    return rows
+
+
+def run_config(records: list[Any]) -> dict[str, Any]:
+    config = {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        for item in updates:
+            config[item.key or item.nested_key[0]] = json.loads(item.value_json)
+    return {key: value.get("value", value) if isinstance(value, dict) else value for key, value in config.items()}
+
+
+def offline_run(run_dir: Path) -> Path:
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def image_rows(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [row for row in rows if f"images/{name}" in row]
+
+
+def png_files(run_dir: Path) -> dict[str, list[str]]:
+    return {folder.name: sorted(path.name for path in folder.iterdir()) for folder in (run_dir / "images").iterdir()}
+
+
+def expected_pngs(names: tuple[str, ...]) -> dict[str, list[str]]:
+    return {name: [f"epoch_{epoch:03d}.png" for epoch in range(EPOCHS)] for name in names}
+
+
+def assert_wandb_images_logged_once_per_epoch(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    files = offline_run(run_dir) / "files"
+    for name in SEMI_IMAGES:
+        logged = image_rows(rows, name)
+        assert [row["epoch"] for row in logged] == list(range(EPOCHS)), (name, logged)
+        for epoch, row in enumerate(logged):
+            media = row[f"images/{name}"]
+            with Image.open(files / media["path"]) as uploaded, Image.open(run_dir / "images" / name / f"epoch_{epoch:03d}.png") as saved:
+                assert np.array_equal(np.asarray(uploaded.convert("RGB")), np.asarray(saved.convert("RGB"))), name
+            assert f"(epoch {epoch})" in media["caption"]
+
+
+# ----- the tests ------------------------------------------------------------------------------------------------
+def test_wandb_offline_run_holds_every_image_accuracy_and_config(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    results = run_in_process(train_argv(tiny_mnist_dir, tmp_path, "semi", "wandb"))
+    run_dir = tmp_path / "semi-run"
+    records = wandb_records(next(offline_run(run_dir).glob("*.wandb")))
+    rows = history_rows(records)
+
+    assert png_files(run_dir) == expected_pngs(SEMI_IMAGES)
+    assert_wandb_images_logged_once_per_epoch(run_dir, rows)
+    confusion = image_rows(rows, "confusion_matrix")[-1]["images/confusion_matrix"]["caption"]
+    assert f"{VAL_SIZE} images" in confusion
+
+    accuracy = [row for row in rows if "val/acc" in row]
+    assert [row["epoch"] for row in accuracy[:EPOCHS]] == list(range(EPOCHS))
+    assert all(0 <= row["val/acc"] <= 1 for row in accuracy)
+    # the last row is train.py's final validation of the best checkpoint
+    assert accuracy[-1]["val/acc"] == pytest.approx(results["val"]["val/acc"])
+
+    definitions = {record.metric.name: record.metric for record in records
+                   if record.WhichOneof("record_type") == "metric" and record.metric.name}
+    for key in ("val/acc", "val/recon_loss", "train/recon_loss_epoch", "train/class_loss_epoch"):
+        assert definitions[key].step_metric == "epoch", (key, definitions.get(key))
+    assert definitions.get("train/recon_loss_step") is None or definitions["train/recon_loss_step"].step_metric != "epoch"
+
+    config = run_config(records)
+    assert config["split_fingerprint"] == results["split"]["split_fingerprint"]
+    assert config["split_seed"] == 0 and config["num_labels"] == 100 and config["val_size"] == VAL_SIZE
+    assert config["variant"] == "semi" and config["latent_dim"] == 10 and config["hidden_sizes"] == [64, 64]
+    assert config["max_epochs"] == EPOCHS and config["world_size"] == 1
+    names = [record.run.display_name for record in records if record.WhichOneof("record_type") == "run"]
+    assert names == ["semi-run"]
+
+
+def test_default_run_name_carries_variant_and_label_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AAE_RUN_NAME", raising=False)
+    name = train.run_name(train.parse_args(["--variant", "semi", "--labels", "100"]))
+    assert name.startswith("semi-100labels-seed0-")
+
+
+def test_tensorboard_event_files_hold_every_image(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+
+    run_in_process(train_argv(tiny_mnist_dir, tmp_path, "semi", "tensorboard"))
+    run_dir = tmp_path / "semi-run"
+    events = EventAccumulator(str(run_dir), size_guidance={IMAGES: 0, SCALARS: 0})
+    events.Reload()
+    assert sorted(events.Tags()[IMAGES]) == sorted(f"images/{name}" for name in SEMI_IMAGES)
+    for name in SEMI_IMAGES:
+        logged = events.Images(f"images/{name}")
+        assert [event.step for event in logged] == list(range(EPOCHS)), name
+        with Image.open(run_dir / "images" / name / f"epoch_{EPOCHS - 1:03d}.png") as saved:
+            assert (logged[-1].width, logged[-1].height) == saved.size
+    assert len(events.Scalars("val/acc")) >= EPOCHS
+
+
+@pytest.fixture(scope="module")
+def semi_without_logger(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("no_logger")
+    train.train(train.parse_args(train_argv(tiny_mnist_dir, output, "semi", "none")))
+    return output / "semi-run"
+
+
+def test_without_a_logger_the_images_are_pngs_in_the_run_folder(semi_without_logger: Path) -> None:
+    assert png_files(semi_without_logger) == expected_pngs(SEMI_IMAGES)
+    sizes = {"latent_grid": (20 * 30 + 2,) * 2, "samples": (10 * 30 + 2,) * 2,
+             "style_grid": (12 * 30 + 2, 10 * 30 + 2), "reconstructions": (10 * 30 + 2, 8 * 30 + 2)}
+    for name, size in sizes.items():
+        with Image.open(semi_without_logger / "images" / name / "epoch_001.png") as image:
+            assert image.size == size, name
+            assert np.asarray(image).std() > 0, f"{name} is a blank image"
+
+
+def test_images_leave_training_untouched(semi_without_logger: Path, tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    """Drawing every epoch consumes no global random numbers: the run ends exactly as one that never draws."""
+    train.train(train.parse_args(train_argv(tiny_mnist_dir, tmp_path, "semi", "none", "--image-every-n-epochs", "0")))
+    assert not (tmp_path / "semi-run" / "images").exists()
+    drawn, plain = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+                    for run in (semi_without_logger, tmp_path / "semi-run"))
+    assert drawn["state_dict"].keys() == plain["state_dict"].keys()
+    for key, value in drawn["state_dict"].items():
+        assert torch.equal(value, plain["state_dict"][key]), key
+    assert torch.equal(drawn["aae_rng"]["torch"], plain["aae_rng"]["torch"])
+
+
+def test_variant_without_prior_or_classes_skips_with_one_warning_each(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train.train(train.parse_args(train_argv(tiny_mnist_dir, tmp_path, "ae", "none")))
+    skipped = defaultdict(int)
+    for warning in caught:
+        text = str(warning.message)
+        if " draws nothing: " in text:
+            skipped[text.split(" draws nothing: ")[0]] += 1
+    assert dict(skipped) == {"LatentGrid": 1, "StyleGrid": 1, "PriorSamples": 1, "ConfusionMatrix": 1}
+    assert png_files(tmp_path / "ae-run") == expected_pngs(("reconstructions", "latent_scatter"))
+
+
+def test_ddp_two_processes_log_each_image_once_into_one_run(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    """Lightning's DDP launcher re-runs the script for rank 1, so the run is a subprocess. Each rank validates
+    half of the images: the confusion matrix counting all of them proves the counts were summed over ranks."""
+    argv = train_argv(tiny_mnist_dir, tmp_path, "semi", "wandb", "--accelerator", "cpu", "--devices", "2")
+    process = subprocess.run([sys.executable, "train.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=900)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert [path.name for path in tmp_path.iterdir()] == ["semi-run"]
+    run_dir = tmp_path / "semi-run"
+    assert png_files(run_dir) == expected_pngs(SEMI_IMAGES)
+    records = wandb_records(next(offline_run(run_dir).glob("*.wandb")))
+    rows = history_rows(records)
+    assert_wandb_images_logged_once_per_epoch(run_dir, rows)
+    for row in image_rows(rows, "confusion_matrix"):
+        assert f"{VAL_SIZE} images" in row["images/confusion_matrix"]["caption"]
+    assert run_config(records)["world_size"] == 2
+    assert [row["epoch"] for row in rows if "val/acc" in row][:EPOCHS] == list(range(EPOCHS))
