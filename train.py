@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-epochs", type=positive_int, default=20, help="epochs to train")
     run.add_argument("--labels", type=label_count, default=1000,
                      help="labeled training images, a multiple of 10 drawn evenly per digit, or 'all' "
-                          "(the supervised variant always uses all)")
+                          "(the supervised variant always uses all; variants that train without labels ignore it)")
     run.add_argument("--val-size", type=positive_int, default=10_000, help="training images held out for validation")
     run.add_argument("--data-dir", default="data", help="folder with MNIST/raw/ in torchvision's layout")
     run.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
@@ -235,16 +235,27 @@ def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def uses_labels(args: argparse.Namespace) -> bool:
+    return "labeled" in get_variant(args.variant).train_streams
+
+
+def split_labels(args: argparse.Namespace) -> int | None:
+    """The labeled images to draw (None: all). A variant that trains without labels takes none of --labels:
+    a count would only constrain the split, and fail on data with fewer images of a digit."""
+    return args.labels if uses_labels(args) and args.variant != "supervised" else None
+
+
 def run_name(args: argparse.Namespace) -> str:
     """The same on every process of a run: DDP launchers start the other ranks later, so a clock reading taken
     there would differ. The first process records it in the environment the others inherit."""
     if args.run_name:
         return args.run_name
     if "AAE_RUN_NAME" not in os.environ:
-        labels = ALL_LABELS if args.labels is None or args.variant == "supervised" else args.labels
+        labels = split_labels(args)
+        labels_part = f"-{ALL_LABELS if labels is None else labels}labels" if uses_labels(args) else ""
         job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
         stamp = job if job and job != "none" else time.strftime("%Y%m%d-%H%M%S")
-        os.environ["AAE_RUN_NAME"] = f"{args.variant}-{labels}labels-seed{args.seed}-{stamp}"
+        os.environ["AAE_RUN_NAME"] = f"{args.variant}{labels_part}-seed{args.seed}-{stamp}"
     return os.environ["AAE_RUN_NAME"]
 
 
@@ -296,7 +307,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model = cls(**hparams)
     datamodule = MNISTDataModule(
         data_dir=args.data_dir,
-        num_labels=None if args.variant == "supervised" else args.labels,
+        num_labels=split_labels(args),
         val_size=args.val_size,
         batch_size=args.batch_size,
         labeled_batch_size=args.labeled_batch_size,
@@ -304,6 +315,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         download=args.download,
         train_streams=cls.train_streams,
     )
+    if "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        # Bad data or split settings end here in one line, before Lightning prints its banner. Only a process no
+        # launcher started: Lightning's DDP launcher starts the other ranks later, once the files are in place.
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     run_dir = args.output_dir / run_name(args)
     checkpoint_dir = run_dir / "checkpoints"
     ckpt_path = resolve_checkpoint(args, checkpoint_dir)

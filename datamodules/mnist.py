@@ -68,7 +68,7 @@ def make_split(targets: Tensor, seed: int, num_labels: int | None, val_size: int
     The unlabeled set is every non-validation image, the labeled ones included (as in the paper)."""
     total = len(targets)
     if not 0 < val_size < total:
-        raise DataError(f"val_size must be between 1 and {total - 1} (the training set has {total} images), got {val_size}")
+        raise DataError(f"--val-size must be between 1 and {total - 1} (the training set has {total} images), got {val_size}")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(total, generator=generator)
     validation, rest = order[:val_size], order[val_size:]
@@ -99,12 +99,17 @@ def make_split(targets: Tensor, seed: int, num_labels: int | None, val_size: int
     )
 
 
+def missing_files(data_dir: str | Path) -> list[str]:
+    """The raw MNIST files not (yet) in `data_dir/MNIST/raw`."""
+    return [name for name in MNIST_RAW_FILES if not (Path(data_dir) / "MNIST" / "raw" / name).is_file()]
+
+
 def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     """Images as a float tensor (N, 784) in [0, 1] and labels (N,), read through torchvision."""
     from torchvision.datasets import MNIST  # deferred: importing torchvision costs seconds
 
     raw_dir = Path(data_dir) / "MNIST" / "raw"
-    missing = [name for name in MNIST_RAW_FILES if not (raw_dir / name).is_file()]
+    missing = missing_files(data_dir)
     if missing and not download:
         raise DataError(
             f"MNIST not found in {raw_dir} (missing {', '.join(missing)}); put the four files "
@@ -112,14 +117,17 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
         )
     try:
         dataset = MNIST(str(data_dir), train=train, download=download)
-    except (RuntimeError, OSError) as error:  # torchvision's "Dataset not found" or a failed download
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(
-            f"MNIST not found in {raw_dir} and the download failed ({first_line}); "
-            f"expected files: {', '.join(MNIST_RAW_FILES)}"
-        ) from error
-    except (AssertionError, ValueError) as error:  # torchvision's IDX parser asserts on a truncated file
-        raise DataError(f"MNIST files in {raw_dir} are truncated or corrupt; delete them and download again") from error
+    # A failed download and a truncated file both surface as RuntimeError (the IDX parser's reshape fails), and
+    # the parser also asserts or raises ValueError: whether the files are there tells the two apart.
+    except (RuntimeError, OSError, AssertionError, ValueError) as error:
+        if missing_files(data_dir):
+            lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+            reason = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # the file, the last mirror's error
+            raise DataError(
+                f"MNIST not found in {raw_dir} and the download failed ({reason}); "
+                f"put the four files {', '.join(MNIST_RAW_FILES)} there"
+            ) from error
+        raise DataError(f"MNIST files in {raw_dir} are truncated or corrupt ({error}); delete them and download again") from error
     images, targets = dataset.data, dataset.targets
     if images.dim() != 3 or images.shape[1:] != (28, 28) or len(images) != len(targets) or len(images) == 0:
         raise DataError(
@@ -151,7 +159,8 @@ class _EpochBatches(IterableDataset):
     Every rank draws the same global batches (an epoch-seeded permutation) and keeps its own slice, so training
     on N devices sees exactly the batches one device would, and all ranks run the same number of steps (which
     DDP needs). The labeled stream, when present, cycles through the labeled set in reshuffled passes beside the
-    unlabeled one: every labeled image is used, however few there are, and ranks never draw the same ones.
+    unlabeled one: every labeled image is used, however few there are, and ranks never draw the same ones
+    (unless a global labeled batch is larger than the labeled set).
     """
 
     def __init__(
@@ -180,7 +189,11 @@ class _EpochBatches(IterableDataset):
         buffer = indices[torch.randperm(len(indices), generator=generator)]
         while True:
             while len(buffer) < batch_size:  # a new pass over a small (labeled) set
-                buffer = torch.cat([buffer, indices[torch.randperm(len(indices), generator=generator)]])
+                fresh = indices[torch.randperm(len(indices), generator=generator)]
+                # The batch that straddles two passes must not hold an image twice (ranks would share it): the
+                # images the old pass still holds go last in the new one.
+                held = torch.isin(fresh, buffer)
+                buffer = torch.cat([buffer, fresh[~held], fresh[held]])
             yield buffer[:batch_size]
             buffer = buffer[batch_size:]
 
@@ -263,7 +276,9 @@ class MNISTDataModule(pl.LightningDataModule):
         return self.hparams.batch_size
 
     def prepare_data(self) -> None:
-        if self.hparams.download:  # on one process per node; torchvision skips files that are already there
+        # On one process per node. With the files there, nothing to do: setup() reads them (torchvision would parse
+        # them here too, only to throw the result away).
+        if self.hparams.download and missing_files(self.hparams.data_dir):
             for train in (True, False):
                 load_mnist(self.hparams.data_dir, train=train, download=True)
 
