@@ -287,3 +287,26 @@ def test_learning_rate_milestones_follow_the_epoch_even_after_resuming(tiny_mnis
         model, tiny_datamodule(tiny_mnist_dir, model), ckpt_path=str(tmp_path / "epoch1.ckpt")
     )
     assert resumed.by_epoch == pytest.approx({key: lr for key, lr in expected.items() if key[0] >= 2})
+
+
+class RecordStepLosses(pl.Callback):
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, model: AutoencoderBase, *args: Any) -> None:
+        self.steps.append({k: v.item() for k, v in trainer.callback_metrics.items() if k.endswith("_step")})
+
+
+def test_epoch_losses_are_the_means_of_the_step_losses(tiny_mnist_dir: Path) -> None:
+    model = small_model("semi")
+    recorder = RecordStepLosses()
+    trainer = make_trainer(3, epochs=2, callbacks=[recorder])
+    trainer.fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    names = {"recon_loss", "disc_loss_y", "disc_loss_z", "gen_loss_y", "gen_loss_z", "class_loss"}
+    assert {key for key in trainer.callback_metrics if key.startswith("train/")} == {
+        f"train/{name}_{when}" for name in names for when in ("step", "epoch")
+    }
+    last_epoch = recorder.steps[3:]  # every batch has the same size, so the epoch mean is the plain mean
+    for name in names:
+        expected = sum(step[f"train/{name}_step"] for step in last_epoch) / len(last_epoch)
+        assert trainer.callback_metrics[f"train/{name}_epoch"].item() == pytest.approx(expected, rel=1e-5)
