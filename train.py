@@ -3,29 +3,38 @@
     python train.py --variant semi --labels 100 --gpus 1
     python train.py --variant aae --prior mixture --data-dir ../shared/data --gpus 0 --logger csv
 
-Every bad flag or file ends with one line on stderr and exit code 2.
+Every bad flag or file ends with one line on stderr and exit code 2; a NaN or infinite loss with one line
+naming the phase, epoch and batch, and exit code 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
 import time
 import typing
+import uuid
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 
-from aae_lightning import VARIANTS, get_variant
+from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
+from aae_lightning.checkpoint_io import AtomicCheckpointIO, check_resumable, read_checkpoint
 from aae_lightning.errors import UserError
 
 LOGGERS = ("wandb", "tensorboard", "csv", "none")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 ALL_LABELS = "all"
+EXIT_USER_ERROR = 2
+#: a NaN or infinite loss stopped training (the last checkpoint is the last good state)
+EXIT_DIVERGED = 3
+#: the file in a run folder that holds its W&B run id
+WANDB_RUN_ID_FILE = "wandb_run_id"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -259,20 +268,25 @@ def run_name(args: argparse.Namespace) -> str:
     return os.environ["AAE_RUN_NAME"]
 
 
-def make_logger(args: argparse.Namespace, run_dir: Path, config: dict[str, Any]):
+def make_logger(args: argparse.Namespace, run_dir: Path, config: dict[str, Any], resumed_epoch: int | None):
+    """`resumed_epoch`: the last epoch the checkpoint this run resumes in its own folder finished (None: a new run)."""
     if args.logger == "none":
         return False
     if args.logger == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
-        return CSVLogger(run_dir, name="", version="")
+        logger = CSVLogger(run_dir, name="", version="")
+        if resumed_epoch is not None:
+            keep_csv_history(logger, resumed_epoch)
+        return logger
     if args.logger == "tensorboard":
         from pytorch_lightning.loggers import TensorBoardLogger
 
         return TensorBoardLogger(run_dir, name="", version="")
     from callbacks.wandb_setup import make_wandb_logger
 
-    return make_wandb_logger(project=args.project, name=run_dir.name, save_dir=run_dir, config=config)
+    return make_wandb_logger(project=args.project, name=run_dir.name, save_dir=run_dir, config=config,
+                             run_id=wandb_run_id(run_dir, resuming=resumed_epoch is not None))
 
 
 def build_callbacks(args: argparse.Namespace, checkpoint: Any) -> list[Any]:
@@ -285,13 +299,53 @@ def build_callbacks(args: argparse.Namespace, checkpoint: Any) -> list[Any]:
     return [checkpoint, LogRunConfig(), WandbEpochAxis(), *image_callbacks(args.image_every_n_epochs, seed=args.seed)]
 
 
-def resolve_checkpoint(args: argparse.Namespace, checkpoint_dir: Path) -> str | None:
+def resolve_run(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The run folder and the checkpoint to start from. `--ckpt-path last` is the last.ckpt of the run named by
+    --run-name; a checkpoint inside a run folder (RUN/checkpoints/x.ckpt) continues that run in its own folder,
+    unless --run-name names another one."""
     if args.ckpt_path is None:
+        return args.output_dir / run_name(args), None
+    if args.ckpt_path == "last":
+        if not args.run_name:
+            raise UserError("--ckpt-path last resumes the run named by --run-name (its folder in --output-dir); give --run-name")
+        run_dir = args.output_dir / args.run_name
+        return run_dir, run_dir / "checkpoints" / "last.ckpt"
+    path = Path(args.ckpt_path)
+    if path.parent.name == "checkpoints" and not args.run_name:
+        return path.parent.parent, path
+    return args.output_dir / run_name(args), path
+
+
+def wandb_run_id(run_dir: Path, resuming: bool) -> str | None:
+    """The W&B run id, kept in the run folder: a resumed run goes on logging into the same W&B run, a new run in
+    the folder gets a new id. Only rank 0 logs to W&B, so only rank 0 needs (and writes) it."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
         return None
-    path = checkpoint_dir / "last.ckpt" if args.ckpt_path == "last" else Path(args.ckpt_path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist" + (" (pass --run-name of the run to resume)" if args.ckpt_path == "last" else ""))
-    return str(path)
+    path = run_dir / WANDB_RUN_ID_FILE
+    if resuming and path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]  # W&B takes any id of letters and digits
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def keep_csv_history(logger: Any, last_epoch: int) -> None:
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run keeps the rows of
+    the epochs its checkpoint had finished (later rows of the interrupted run are logged again) and writes them
+    back at once, so a second interruption cannot lose them."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    path = Path(logger.log_dir) / "metrics.csv"
+    if rank_zero_only.rank != 0 or not path.is_file():
+        return
+    with path.open(newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("epoch") and int(float(row["epoch"])) <= last_epoch]
+    writer = logger.experiment  # deletes the file
+    writer.metrics.extend(rows)
+    writer.save()
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,14 +369,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         download=args.download,
         train_streams=cls.train_streams,
     )
+    run_dir, ckpt_path = resolve_run(args)
+    checkpoint_dir = run_dir / "checkpoints"
+    resumed_epoch = None
+    if ckpt_path is not None:
+        # checked before reading the data (a bad path is a quick answer), and here because Lightning would fail
+        # on a bad file with a traceback from deep inside its restore logic
+        start = read_checkpoint(ckpt_path)
+        check_resumable(start, ckpt_path, args.variant, dict(model.hparams), dict(datamodule.hparams))
+        if ckpt_path.resolve().parent == checkpoint_dir.resolve():
+            resumed_epoch = start["epoch"]
+        del start  # its tensors would stay in memory for the whole run
     if "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
         # Bad data or split settings end here in one line, before Lightning prints its banner. Only a process no
         # launcher started: Lightning's DDP launcher starts the other ranks later, once the files are in place.
         datamodule.prepare_data()
         datamodule.setup("fit")
-    run_dir = args.output_dir / run_name(args)
-    checkpoint_dir = run_dir / "checkpoints"
-    ckpt_path = resolve_checkpoint(args, checkpoint_dir)
     monitor, mode = cls.monitor
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -331,19 +393,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
     )
+    # Lightning's save_last rewrites last.ckpt only when a best checkpoint is written; resuming needs the latest
+    # epoch, so a second callback writes it after every validation (after the best one: it carries its state)
+    last_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", enable_version_counter=False)
     config = {"variant": args.variant, **hparams, **datamodule.hparams}
     trainer = pl.Trainer(
         **hardware,
         max_epochs=args.max_epochs,
-        logger=make_logger(args, run_dir, config),
-        callbacks=build_callbacks(args, checkpoint),
+        logger=make_logger(args, run_dir, config, resumed_epoch),
+        callbacks=[*build_callbacks(args, checkpoint), last_checkpoint],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         fast_dev_run=args.fast_dev_run,
         enable_progress_bar=sys.stderr.isatty(),
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path))
     best = checkpoint.best_model_path or None
     results: dict[str, Any] = {
         "variant": args.variant,
@@ -371,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except UserError as error:
+    except (UserError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR if isinstance(error, UserError) else EXIT_DIVERGED
     return 0
 
 

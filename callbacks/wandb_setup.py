@@ -26,19 +26,21 @@ def has_wandb_credentials() -> bool:
         return False
 
 
-def make_wandb_logger(project: str, name: str, save_dir: Path, config: dict[str, Any]) -> WandbLogger:
+def make_wandb_logger(project: str, name: str, save_dir: Path, config: dict[str, Any],
+                      run_id: str | None = None) -> WandbLogger:
     """Online when W&B credentials exist and `WANDB_MODE` does not say otherwise; offline otherwise, with a hint
-    on how to upload the run later."""
+    on how to upload the run later. With `run_id`, logs into that W&B run if it exists (a resumed run; offline
+    pieces of one run are uploaded into it by `wandb sync`), and starts it under that id if not."""
     save_dir.mkdir(parents=True, exist_ok=True)
     mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
-    logger = _logger(project, name, save_dir, mode)
+    logger = _logger(project, name, save_dir, mode, run_id)
     if mode == "online":
         try:
             logger.experiment  # start the run now, so a failure to reach W&B surfaces here and not mid-training
         except Exception as error:  # wandb raises several unrelated types for "no network"  # noqa: BLE001
             rank_zero_info(f"W&B unreachable ({type(error).__name__}); logging offline instead")
             mode = "offline"
-            logger = _logger(project, name, save_dir, mode)
+            logger = _logger(project, name, save_dir, mode, run_id)
     if mode == "offline":
         rank_zero_info(f"W&B is offline: the run is written under {save_dir / 'wandb'}; upload it later with "
                        f"`wandb sync {save_dir / 'wandb'}/offline-run-*`")
@@ -46,13 +48,13 @@ def make_wandb_logger(project: str, name: str, save_dir: Path, config: dict[str,
     return logger
 
 
-def _logger(project: str, name: str, save_dir: Path, mode: str) -> WandbLogger:
+def _logger(project: str, name: str, save_dir: Path, mode: str, run_id: str | None) -> WandbLogger:
     import wandb
 
     # a bounded start-up wait: without it an unreachable server can stall the run for minutes
     settings = wandb.Settings(init_timeout=30, silent=True)
     return WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=mode == "offline", mode=mode,
-                       settings=settings)
+                       settings=settings, id=run_id, resume="allow")
 
 
 def is_per_epoch(key: str) -> bool:

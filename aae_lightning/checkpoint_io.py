@@ -1,0 +1,120 @@
+"""Checkpoint files: written so that a crash never leaves a broken one, read back with one-line errors.
+
+`AtomicCheckpointIO` is the Lightning plugin train.py writes every checkpoint through: the new checkpoint goes
+to a temporary file in the same folder, is flushed to the disk, and only then renamed over the old one. A
+rename within one file system is atomic, so `last.ckpt` is at every instant either the complete old checkpoint
+or the complete new one, whether the process dies of an exception, SIGKILL or a power cut during the write.
+
+`read_checkpoint` and `check_resumable` are what train.py checks a `--ckpt-path` with before handing it to
+Lightning, which would otherwise fail with a traceback deep inside its restore logic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from aae_lightning.errors import UserError
+
+#: what every checkpoint train.py writes holds, beyond Lightning's own keys
+REQUIRED_KEYS = ("aae_variant", "hyper_parameters", "state_dict", "datamodule_hyper_parameters")
+#: datamodule settings that may change between a run and its resumption: where the files are, not what they are
+RELOCATABLE = ("data_dir", "download")
+#: datamodule settings whose flag is not simply the setting's name
+FLAG_NAMES = {"num_labels": "labels"}
+
+
+def temporary_path(path: Path, pid: int | str | None = None) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, in the same folder (a rename across
+    file systems would be a copy, and not atomic), and distinct per process (`pid`, default this one's)."""
+    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.tmp")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` to a temporary file, fsync, then `os.replace` onto the target. If the write fails, the
+    temporary file is removed and the previous checkpoint is untouched; one that a killed process left behind
+    is removed by the next successful write of the same checkpoint. Local paths only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_path(path)
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())  # the data must be on the disk before the rename makes it the checkpoint
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+        for stale in path.parent.glob(temporary_path(path, "*").name):
+            stale.unlink(missing_ok=True)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Persist the rename itself: without this a power cut can bring back the old directory entry."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by train.py, loaded on the CPU. A missing file, a file that is not a checkpoint
+    (random bytes, text, a truncated write of an older Lightning) or one written by something else is a
+    `UserError` naming the file. Checkpoints are unpickled: load trusted files only."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} " + ("is a folder, not a file" if path.is_dir() else "does not exist"))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch.load raises a different type for every kind of bad file  # noqa: BLE001
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} is not a checkpoint of train.py (it holds a {type(checkpoint).__name__})")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not a checkpoint of train.py: it lacks {', '.join(missing)}")
+    return checkpoint
+
+
+def check_resumable(
+    checkpoint: dict[str, Any], path: str | Path, variant: str, hparams: dict[str, Any], datamodule_hparams: dict[str, Any]
+) -> None:
+    """Resuming continues the very run the checkpoint comes from: same variant, same model and data settings
+    (the data may have moved). Anything else is a `UserError` that names every differing flag."""
+    if checkpoint["aae_variant"] != variant:
+        raise UserError(
+            f"{path} is a checkpoint of --variant {checkpoint['aae_variant']}, not {variant}; resume it with "
+            f"--variant {checkpoint['aae_variant']}"
+        )
+    saved = {**checkpoint["datamodule_hyper_parameters"], **checkpoint["hyper_parameters"]}
+    wanted = {**datamodule_hparams, **hparams}
+    differing = [
+        f"--{FLAG_NAMES.get(name, name).replace('_', '-')} {_shown(saved.get(name))} (now {_shown(wanted.get(name))})"
+        for name in sorted(set(saved) | set(wanted))
+        if name not in RELOCATABLE and _comparable(saved.get(name)) != _comparable(wanted.get(name))
+    ]
+    if differing:
+        raise UserError(f"{path} was trained with {', '.join(differing)}; resume it with the flags it was trained with")
+
+
+def _comparable(value: Any) -> Any:
+    # hyperparameters may come back from a checkpoint as lists where the flags give tuples
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "(none)"
+    return str(value)

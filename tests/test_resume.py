@@ -1,0 +1,244 @@
+"""Resuming through train.py: a run killed with SIGKILL and resumed with `--ckpt-path last` ends bit for bit where
+the same run ends without the interruption (weights, every optimizer, random states, best checkpoint, metrics),
+logs into the same W&B run, and `--ckpt-path` resolves run folders as documented. And the faults a resume
+depends on: a checkpoint write that fails or is killed halfway leaves the previous checkpoint intact.
+
+The runs are real `python train.py` processes on tiny data with small networks. Dropout and input noise are on,
+so training draws from the global random stream, and images are drawn every epoch, so a callback that touched
+that stream would show up as a difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from aae_lightning.checkpoint_io import AtomicCheckpointIO, temporary_path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 5
+#: killed once the checkpoint of this epoch is on disk (the second epoch), well before the last one
+KILL_AFTER_EPOCH = 1
+RUN = [
+    "--variant", "semi", "--labels", "100", "--val-size", "100", "--batch-size", "20", "--gpus", "0",
+    "--hidden-sizes", "64", "64", "--disc-hidden-sizes", "32", "--dropout", "0.1", "--input-noise", "0.1",
+    "--image-every-n-epochs", "1", "--max-epochs", str(EPOCHS), "--seed", "3",
+]
+
+
+def train_process(data_dir: Path, output_dir: Path, run_name: str, *extra: str) -> subprocess.Popen:
+    # one thread each: on a shared two-core machine torch's default thread pool spins and runs several times slower
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    env.pop("AAE_RUN_NAME", None)
+    argv = [sys.executable, str(REPO_ROOT / "train.py"), *RUN, "--data-dir", str(data_dir), "--output-dir",
+            str(output_dir), "--run-name", run_name, "--results-json", str(output_dir / f"{run_name}.json"), *extra]
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_after_checkpoint(process: subprocess.Popen, last: Path, epoch: int, timeout: float = 600) -> int:
+    """SIGKILL `process` as soon as `last` holds a checkpoint of `epoch` or later; that checkpoint's epoch.
+    Reading the file while training goes on is safe only because checkpoints are replaced atomically."""
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline and process.poll() is None:
+        stamp = last.stat().st_mtime_ns if last.is_file() else None
+        if stamp is not None and stamp != seen:
+            seen = stamp
+            saved = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+            if saved >= epoch:
+                os.kill(process.pid, signal.SIGKILL)
+                process.communicate()
+                return saved
+        time.sleep(0.02)
+    _, stderr = process.communicate()
+    pytest.fail(f"the run ended (code {process.returncode}) before its epoch-{epoch} checkpoint: {stderr[-2000:]}")
+
+
+def finish(process: subprocess.Popen) -> None:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """An uninterrupted run (CSV logger) and, side by side, the same run (W&B offline) killed after its second
+    epoch and then resumed with `--ckpt-path last`."""
+    output = tmp_path_factory.mktemp("resume")
+    whole = train_process(tiny_mnist_dir, output, "whole", "--logger", "csv")
+    killed = train_process(tiny_mnist_dir, output, "killed", "--logger", "wandb")
+    try:
+        killed_at = kill_after_checkpoint(killed, output / "killed" / "checkpoints" / "last.ckpt", KILL_AFTER_EPOCH)
+        assert killed.returncode == -signal.SIGKILL
+        assert not (output / "killed.json").exists()
+        resumed = train_process(tiny_mnist_dir, output, "killed", "--logger", "wandb", "--ckpt-path", "last")
+        finish(resumed)
+        finish(whole)
+    finally:
+        for process in (whole, killed):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return {"output": output, "killed_at": killed_at}
+
+
+def load(run_dir: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
+
+
+def assert_same_tensors(a: object, b: object, where: str) -> None:
+    """Nested dicts/lists of tensors and plain values, compared exactly."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, where
+
+
+def test_the_run_was_killed_before_its_end(runs: dict[str, object]) -> None:
+    assert KILL_AFTER_EPOCH <= runs["killed_at"] < EPOCHS - 1
+
+
+def test_resumed_run_ends_with_the_same_weights_optimizers_and_random_states(runs: dict[str, object]) -> None:
+    whole, resumed = load(runs["output"] / "whole"), load(runs["output"] / "killed")
+    # last.ckpt is the last epoch: Lightning's own save_last rewrites it only when the best checkpoint improves,
+    # and with val/acc stuck at its maximum a resume would then repeat epochs
+    assert (resumed["epoch"], resumed["global_step"]) == (whole["epoch"], whole["global_step"]) == (EPOCHS - 1, EPOCHS * 25 * 4)
+    assert_same_tensors(whole["state_dict"], resumed["state_dict"], "state_dict")
+    assert len(whole["optimizer_states"]) == 4  # one per phase of the semi-supervised model
+    assert_same_tensors(whole["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+    assert_same_tensors(whole["aae_rng"], resumed["aae_rng"], "aae_rng")
+    assert whole["loops"]["fit_loop"]["epoch_progress"] == resumed["loops"]["fit_loop"]["epoch_progress"]
+
+
+def test_resumed_run_reports_the_same_metrics_and_best_checkpoint(runs: dict[str, object]) -> None:
+    output = runs["output"]
+    whole = json.loads((output / "whole.json").read_text())
+    resumed = json.loads((output / "killed.json").read_text())
+    assert resumed["val"] == whole["val"] and set(whole["val"]) == {"val/recon_loss", "val/acc"}
+    assert resumed["epochs"] == whole["epochs"] == EPOCHS
+    assert Path(resumed["best_checkpoint"]).name == Path(whole["best_checkpoint"]).name
+    assert Path(resumed["best_checkpoint"]).parent == output / "killed" / "checkpoints"
+    # the best checkpoint the resumed run kept is the one the uninterrupted run kept, byte for byte in its weights
+    assert_same_tensors(load(output / "whole", Path(whole["best_checkpoint"]).name)["state_dict"],
+                        torch.load(resumed["best_checkpoint"], weights_only=False)["state_dict"], "best state_dict")
+    assert sorted(p.name for p in (output / "killed" / "checkpoints").iterdir()) == sorted(
+        p.name for p in (output / "whole" / "checkpoints").iterdir())
+
+
+def test_resumed_run_logs_into_the_same_wandb_run(runs: dict[str, object]) -> None:
+    run_dir = runs["output"] / "killed"
+    run_id = (run_dir / train.WANDB_RUN_ID_FILE).read_text().strip()
+    pieces = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(pieces) == 2, pieces  # before the kill and after the resume; `wandb sync` joins them into one run
+    assert all(piece.name.endswith(f"-{run_id}") for piece in pieces), (run_id, pieces)
+
+
+def namespace(**given: object) -> argparse.Namespace:
+    return train.parse_args(["--variant", "ae", *[part for key, value in given.items()
+                                                  for part in (f"--{key.replace('_', '-')}", str(value))]])
+
+
+def test_ckpt_path_last_is_the_last_ckpt_of_run_name(tmp_path: Path) -> None:
+    run_dir, path = train.resolve_run(namespace(output_dir=tmp_path, run_name="r", ckpt_path="last"))
+    assert (run_dir, path) == (tmp_path / "r", tmp_path / "r" / "checkpoints" / "last.ckpt")
+
+
+def test_a_checkpoint_inside_a_run_folder_continues_that_run(tmp_path: Path) -> None:
+    inside = tmp_path / "elsewhere" / "r" / "checkpoints" / "best-epoch003.ckpt"
+    assert train.resolve_run(namespace(output_dir=tmp_path, ckpt_path=inside)) == (inside.parent.parent, inside)
+    # --run-name starts a new run (in its own folder) from that checkpoint instead
+    assert train.resolve_run(namespace(output_dir=tmp_path, run_name="new", ckpt_path=inside)) == (tmp_path / "new", inside)
+
+
+def test_csv_history_survives_a_resume(tiny_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's CSV logger deletes metrics.csv when it starts in a non-empty folder; resuming keeps the rows of
+    the epochs before. In this process: `train.main`, twice."""
+    monkeypatch.delenv("AAE_RUN_NAME", raising=False)
+    base = ["--variant", "ae", "--data-dir", str(tiny_mnist_dir), "--val-size", "100", "--batch-size", "50",
+            "--hidden-sizes", "16", "--gpus", "0", "--logger", "csv", "--image-every-n-epochs", "0",
+            "--output-dir", str(tmp_path), "--run-name", "r"]
+    assert train.main([*base, "--max-epochs", "1"]) == 0
+    assert train.main([*base, "--max-epochs", "2", "--ckpt-path", str(tmp_path / "r" / "checkpoints" / "last.ckpt")]) == 0
+    with (tmp_path / "r" / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    # one training mean per epoch: epoch 0 from the first process, epoch 1 from the resumed one, no repeats
+    assert [int(row["epoch"]) for row in rows if row.get("train/recon_loss_epoch")] == [0, 1]
+    assert [int(row["epoch"]) for row in rows] == sorted(int(row["epoch"]) for row in rows)
+
+
+# ----- faults: checkpoint writes that fail or are killed ---------------------------------------------------------
+class FailsToPickle:
+    """Fails the checkpoint write from inside `torch.save`, recording what the folder held at that moment."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.seen = folder, []
+
+    def __reduce__(self):
+        self.seen.extend(sorted(path.name for path in self.folder.iterdir()))
+        raise RuntimeError("this object cannot be pickled")
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_file_and_no_temporary(tmp_path: Path) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 0, "weights": torch.arange(10.0)}, path)
+    before = path.read_bytes()
+    failing = FailsToPickle(tmp_path)
+    with pytest.raises(RuntimeError, match="cannot be pickled"):
+        io.save_checkpoint({"epoch": 1, "weights": torch.zeros(1000), "bad": failing}, path)
+    assert failing.seen == sorted([temporary_path(path).name, "last.ckpt"])  # the write was under way
+    assert path.read_bytes() == before
+    assert io.load_checkpoint(path)["epoch"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+STALLED_WRITE = """
+import sys, time
+from pathlib import Path
+from aae_lightning.checkpoint_io import AtomicCheckpointIO
+
+class Stall:
+    def __reduce__(self):
+        Path(sys.argv[2]).touch()
+        time.sleep(600)
+
+AtomicCheckpointIO().save_checkpoint({"epoch": 1, "stall": Stall()}, sys.argv[1])
+"""
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    io, path, marker = AtomicCheckpointIO(), tmp_path / "last.ckpt", tmp_path / "writing"
+    io.save_checkpoint({"epoch": 0, "weights": torch.arange(10.0)}, path)
+    writer = subprocess.Popen([sys.executable, "-c", STALLED_WRITE, str(path), str(marker)], cwd=REPO_ROOT,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), writer.stderr.read() if writer.poll() is not None else "the write never started"
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.communicate()
+    leftover = temporary_path(path, writer.pid)
+    assert leftover.is_file()  # killed mid-write: nothing could clean up
+    assert io.load_checkpoint(path)["epoch"] == 0
+    io.save_checkpoint({"epoch": 2}, path)  # the next write of the same checkpoint sweeps the leftover away
+    assert [p.name for p in tmp_path.iterdir() if p != marker] == ["last.ckpt"]
+    assert io.load_checkpoint(path)["epoch"] == 2
