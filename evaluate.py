@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 
 from aae_lightning import AutoencoderBase, get_variant
+from aae_lightning.checkpoint_io import read_checkpoint
 from aae_lightning.errors import UserError
 from aae_lightning.evaluation import default_sigma_grid, parzen_log_densities, parzen_summary, select_parzen_sigma
 from datamodules import MNISTDataModule
 from train import OneLineParser, positive_int
 
-REQUIRED_KEYS = ("aae_variant", "hyper_parameters", "state_dict", "datamodule_hyper_parameters")
 EVAL_BATCH = 1000
 
 
@@ -46,21 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score only the first N test images (default: all 10,000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the prior samples")
     return parser
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch.load fails with a different exception type for every kind of bad file
-        raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"{path} is not a Lightning checkpoint (it holds a {type(checkpoint).__name__})")
-    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
-    if missing:
-        raise UserError(f"{path} cannot be evaluated: it lacks {', '.join(missing)} (was it written by train.py?)")
-    return checkpoint
 
 
 def restore_model(checkpoint: dict[str, Any]) -> AutoencoderBase:
@@ -130,7 +115,7 @@ def parzen(model: AutoencoderBase, datamodule: MNISTDataModule, args: argparse.N
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    checkpoint = load_checkpoint(args.ckpt)
+    checkpoint = read_checkpoint(args.ckpt)
     model = restore_model(checkpoint)
     datamodule = restore_datamodule(checkpoint, args.data_dir)
     results: dict[str, Any] = {

@@ -37,10 +37,16 @@ def fit_a_few_batches(model: AutoencoderBase, data_dir: Path, batches: int = 3) 
     return trainer
 
 
-@pytest.mark.parametrize("variant", NEW_VARIANTS)
-def test_variant_trains_and_every_phase_moves_its_own_networks(variant: str, tiny_mnist_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("variant", "options"),
+    [*((variant, {}) for variant in NEW_VARIANTS),
+     # the paper's semi-supervised training scheme, which the dimensionality-reduction preset uses
+     ("dimreduction", {"reconstruction_loss": "half_sse", "optimizer": "sgd", "adversarial_momentum": 0.1})],
+    ids=[*NEW_VARIANTS, "dimreduction-paper-sgd"],
+)
+def test_variant_trains_and_every_phase_moves_its_own_networks(variant: str, options: dict, tiny_mnist_dir: Path) -> None:
     torch.manual_seed(0)
-    model = get_variant(variant)(**TINY)
+    model = get_variant(variant)(**TINY, **options)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = fit_a_few_batches(model, tiny_mnist_dir)
     changed = {name.split(".")[0] for name, p in model.named_parameters() if not torch.equal(p, before[name])}
