@@ -13,16 +13,20 @@ from callbacks.publish import image_due, publish
 from callbacks.rendering import confusion_matrix_image
 
 CLASS_LOGITS = "y"
+DIGITS = 10
 
 
 class ConfusionMatrix(pl.Callback):
-    """True digit x predicted digit over the whole validation set, every `every_n_epochs` epochs.
+    """True digit x predicted class over the whole validation set, every `every_n_epochs` epochs.
 
-    Needs a classifying module: `classify(x)`, `num_classes` > 0, and a `validation_step` that returns the
-    class logits under "y" (as `update_metrics` does for the semi-supervised model), so no extra forward pass is
-    made. Each rank counts its own validation batches; `compute()` sums the counts over all ranks, so it runs
-    on every rank, and rank 0 alone draws and logs the result. `seed` is accepted for a uniform signature with
-    the image callbacks: nothing here is random.
+    Needs `classify(x) -> scores` with one column per class. The scores come from what `validation_step`
+    returns under "y" (the class logits of the semi-supervised and dimensionality-reduction models), so no
+    extra forward pass is made; a module that returns no "y" (the label-regularized model reads the digit off
+    z) is asked `classify` on the validation batch. Classes are the digits for a model scored on accuracy (a
+    `val/acc` metric), and the title gives that accuracy; otherwise (the clustering model's K categories) the
+    image is the digit x category table. Each rank counts its own validation batches; `compute()` sums the
+    counts over all ranks, so it runs on every rank, and rank 0 alone draws and logs the result. `seed` is
+    accepted for a uniform signature with the image callbacks: nothing here is random.
     """
 
     name = "confusion_matrix"
@@ -32,17 +36,19 @@ class ConfusionMatrix(pl.Callback):
             raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.matrix: MulticlassConfusionMatrix | None = None
+        self.classes = 0
         self._warned = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        classes = getattr(pl_module, "num_classes", 0)
-        if not callable(getattr(pl_module, "classify", None)) or not classes:
+        if not callable(getattr(pl_module, "classify", None)):
             if not self._warned:
-                rank_zero_warn(f"ConfusionMatrix draws nothing: {type(pl_module).__name__} does not classify")
+                rank_zero_warn(f"ConfusionMatrix draws nothing: {type(pl_module).__name__} has no classify")
                 self._warned = True
             self.matrix = None
             return
-        self.matrix = MulticlassConfusionMatrix(classes)
+        self.classes = getattr(pl_module, "num_classes", 0) or DIGITS
+        # square, as torchmetrics wants it, and wide enough for both the true digits and the predicted classes
+        self.matrix = MulticlassConfusionMatrix(max(self.classes, DIGITS))
 
     def _counting(self, trainer: pl.Trainer) -> bool:
         return self.matrix is not None and image_due(trainer, self.every_n_epochs)
@@ -55,8 +61,12 @@ class ConfusionMatrix(pl.Callback):
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._counting(trainer):
-            self.matrix.update(outputs[CLASS_LOGITS].detach(), batch[1])
+        if not self._counting(trainer):
+            return
+        images, labels = batch
+        has_logits = isinstance(outputs, dict) and CLASS_LOGITS in outputs
+        scores = outputs[CLASS_LOGITS] if has_logits else pl_module.classify(images)
+        self.matrix.update(scores.detach().argmax(dim=1), labels)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._counting(trainer):
@@ -65,7 +75,14 @@ class ConfusionMatrix(pl.Callback):
         self.matrix.reset()
         if not trainer.is_global_zero:
             return
+        counts = counts[:DIGITS, : self.classes]
         total = int(counts.sum())
-        accuracy = counts.diagonal().sum().item() / max(total, 1)
-        title = f"validation confusion matrix: {total} images, accuracy {accuracy:.2%}"
-        publish(trainer, self.name, confusion_matrix_image(counts, title), f"{title} (epoch {trainer.current_epoch})")
+        metrics = getattr(pl_module, "metrics", {})
+        if "val" in metrics and "acc" in metrics["val"]:
+            accuracy = counts.diagonal().sum().item() / max(total, 1)
+            title = f"validation confusion matrix: {total} images, accuracy {accuracy:.2%}"
+            image = confusion_matrix_image(counts, title)
+        else:
+            title = f"validation digits x {self.classes} categories: {total} images"
+            image = confusion_matrix_image(counts, title, predicted_label="category")
+        publish(trainer, self.name, image, f"{title} (epoch {trainer.current_epoch})")

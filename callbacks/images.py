@@ -107,10 +107,16 @@ def class_labels(pl_module: pl.LightningModule, labels: Tensor) -> Tensor | None
     return labels.to(pl_module.device) if pl_module.num_classes else None
 
 
+def class_names(classes: int) -> str:
+    """How a caption names a conditioned decoder's classes: the digits, or the categories of a clustering."""
+    return "digits 0-9" if classes == DIGITS else f"categories 0-{classes - 1}"
+
+
 class LatentGrid(EpochImageCallback):
     """An n x n grid of images decoded from z on a regular lattice over the prior's `plot_range` (e.g. -10..10
     for a Gaussian of std 5), over latent dimensions `dims` with every other dimension fixed at 0. Up is the
-    second dimension growing, as in the latent scatter plot. Decoders conditioned on a class decode `digit`.
+    second dimension growing, as in the latent scatter plot. Decoders conditioned on a class decode class
+    `digit` (a category, for the clustering model).
 
     Needs `decode(z, labels)`, `latent_prior` (its `plot_range`; the plain autoencoder has none) and a latent
     of at least two dimensions.
@@ -144,13 +150,14 @@ class LatentGrid(EpochImageCallback):
         if prior.dim > 2:
             caption += ", others 0"
         if labels is not None:
-            caption += f", digit {self.digit}"
+            caption += f", class {self.digit}"
         return tile(images, self.size), caption
 
 
 class StyleGrid(EpochImageCallback):
     """One row per style: the first column is a fixed validation image (one of each digit), then a blank, then
-    its style code z decoded with each digit 0-9. A good model keeps slant and stroke across a row.
+    its style code z decoded with each class (digits 0-9; the categories, for the clustering model). A good
+    model keeps slant and stroke across a row.
 
     Needs a class-conditioned decoder (`num_classes` > 0, `decode(z, labels)`), `encode(x) -> z` and the
     datamodule's `validation_data()`.
@@ -177,13 +184,13 @@ class StyleGrid(EpochImageCallback):
                                    torch.arange(classes, device=pl_module.device).repeat(len(sources)))
         rows = torch.cat([sources.unsqueeze(1), torch.zeros(len(sources), 1, IMAGE_SIDE**2),
                           decoded.float().cpu().view(len(sources), classes, -1)], dim=1)
-        caption = "left: validation image; right: its style z decoded as digits 0-9"
+        caption = f"left: validation image; right: its style z decoded as {class_names(classes)}"
         return tile(rows.flatten(0, 1), classes + 2), caption
 
 
 class PriorSamples(EpochImageCallback):
-    """`count` fixed samples from the prior, decoded, ten to a row; for class-conditioned decoders column k
-    is digit k.
+    """`rows` rows of fixed samples from the prior, decoded: ten to a row, or for class-conditioned decoders one
+    column per class, column k decoding class k.
 
     Needs `decode(z, labels)` and `latent_prior` (its `sample(n, generator)`).
     """
@@ -191,16 +198,20 @@ class PriorSamples(EpochImageCallback):
     name = "samples"
     needs = ("decode", "latent_prior")
 
-    def __init__(self, every_n_epochs: int = 1, seed: int = 0, count: int = 100) -> None:
+    def __init__(self, every_n_epochs: int = 1, seed: int = 0, rows: int = 10) -> None:
         super().__init__(every_n_epochs, seed)
-        self.count = count
+        self.rows = rows
 
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
-        z = pl_module.latent_prior.sample(self.count, generator=self.generator())
-        labels = class_labels(pl_module, torch.arange(self.count) % DIGITS)
+        columns = pl_module.num_classes or DIGITS
+        count = self.rows * columns
+        z = pl_module.latent_prior.sample(count, generator=self.generator())
+        labels = class_labels(pl_module, torch.arange(count) % columns)
         images = pl_module.decode(to_module(pl_module, z), labels)
-        caption = "decoded prior samples" + (", column k = digit k" if labels is not None else "")
-        return tile(images, DIGITS), caption
+        caption = "decoded prior samples"
+        if labels is not None:
+            caption += f", column k decodes class k ({class_names(columns)})"
+        return tile(images, columns), caption
 
 
 class Reconstructions(EpochImageCallback):
@@ -230,7 +241,9 @@ class Reconstructions(EpochImageCallback):
 class LatentScatter(EpochImageCallback):
     """Codes z of `count` fixed validation images coloured by digit, with `prior_count` prior samples faint and
     grey behind them when the module has a prior. A 2-d z is plotted as is; a wider one is projected on the
-    two leading principal components of the plotted codes (the axes say so).
+    two leading principal components of the plotted codes (the axes say so). A module with `represent(x)`
+    (the dimensionality-reduction model's W_c y + z) is plotted in that representation, without the prior,
+    which is a distribution of z alone.
 
     Needs `encode(x) -> z`, `config.latent_dim` >= 2 and the datamodule's `validation_data()`; uses
     `latent_prior` when there is one.
@@ -240,31 +253,33 @@ class LatentScatter(EpochImageCallback):
     needs = ("encode",)
     needs_validation_data = True
 
+    def __init__(self, every_n_epochs: int = 1, seed: int = 0, count: int = 5000, prior_count: int = 2000) -> None:
+        super().__init__(every_n_epochs, seed)
+        self.count, self.prior_count = count, prior_count
+
     def missing(self, pl_module: pl.LightningModule) -> str | None:
         if pl_module.config.latent_dim < 2:
             return f"its latent is {pl_module.config.latent_dim}-d; a scatter plot needs two dimensions"
         return None
 
-    def __init__(self, every_n_epochs: int = 1, seed: int = 0, count: int = 5000, prior_count: int = 2000) -> None:
-        super().__init__(every_n_epochs, seed)
-        self.count, self.prior_count = count, prior_count
-
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
         images, labels = self.validation_subset(trainer, self.count)
-        codes = pl_module.encode(to_module(pl_module, images)).float().cpu()
-        prior = pl_module.latent_prior
+        represent = getattr(pl_module, "represent", None)
+        codes = (represent or pl_module.encode)(to_module(pl_module, images)).float().cpu()
+        prior = None if represent else pl_module.latent_prior
         # seeded apart from the image choice, so the prior cloud does not depend on how many images there are
         samples = prior.sample(self.prior_count, generator=torch.Generator().manual_seed(self.seed + 1)) if prior else None
         width = codes.shape[1]
+        name = "represent(x)" if represent else "z"
         if width == 2:
-            axis_labels = ["z[0]", "z[1]"]
-            title = f"{len(codes)} validation codes"
+            axis_labels = [f"{name}[0]", f"{name}[1]"]
+            title = f"{len(codes)} validation codes" + (f", {name}" if represent else "")
         else:
             mean, directions, shares = principal_axes(codes)
             codes = (codes - mean) @ directions
             samples = (samples - mean) @ directions if samples is not None else None
             axis_labels = [f"PC {k + 1} ({share:.0%} of variance)" for k, share in enumerate(shares.tolist())]
-            title = f"{len(codes)} validation codes, PCA of the {width}-d z"
+            title = f"{len(codes)} validation codes, PCA of the {width}-d {name}"
         if samples is not None:
             title += ", prior samples in grey"
         return scatter_codes(codes, labels, samples, title, axis_labels), title

@@ -73,22 +73,23 @@ def scatter_codes(
     return figure_to_array(figure)
 
 
-def confusion_matrix_image(matrix: Tensor, title: str) -> np.ndarray:
-    """Counts (true class x predicted class) as a heat map normalised per true class, each cell annotated."""
+def confusion_matrix_image(matrix: Tensor, title: str, predicted_label: str = "predicted") -> np.ndarray:
+    """Counts (true class x predicted class, not necessarily square) as a heat map normalised per true class,
+    each cell annotated."""
     counts = matrix.cpu().long()
     rates = counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    classes = len(counts)
-    figure = Figure(figsize=(6.4, 6.0), dpi=100, layout="constrained")
+    rows, columns = counts.shape
+    figure = Figure(figsize=(6.4 * max(1.0, columns / rows), 6.0), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     heat = axes.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(heat, ax=axes, fraction=0.05, pad=0.02).set_label("share of the true class")
-    for true in range(classes):
-        for predicted in range(classes):
+    for true in range(rows):
+        for predicted in range(columns):
             axes.text(predicted, true, str(int(counts[true, predicted])), ha="center", va="center", fontsize=7,
                       color="white" if rates[true, predicted] > 0.5 else "black")
-    axes.set_xticks(range(classes))
-    axes.set_yticks(range(classes))
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    axes.set_xticks(range(columns))
+    axes.set_yticks(range(rows))
+    axes.set_xlabel(predicted_label)
+    axes.set_ylabel("true digit")
     axes.set_title(title, fontsize=10)
     return figure_to_array(figure)

@@ -32,7 +32,7 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def train_argv(data_dir: Path, output_dir: Path, variant: str = "semi", logger: str = "none", *extra: str) -> list[str]:
-    """A two-epoch run on the tiny data with small networks, drawing every epoch."""
+    """A two-epoch run (unless `extra` says otherwise) on the tiny data with small networks, drawing every epoch."""
     adversarial = [] if variant == "ae" else ["--disc-hidden-sizes", "32", "32"]
     return ["--variant", variant, "--data-dir", str(data_dir), "--no-download", "--labels", "100",
             "--val-size", str(VAL_SIZE), "--batch-size", "50", "--max-epochs", str(EPOCHS), "--gpus", "0",
@@ -121,8 +121,8 @@ def png_files(run_dir: Path) -> dict[str, list[str]]:
     return {folder.name: sorted(path.name for path in folder.iterdir()) for folder in (run_dir / "images").iterdir()}
 
 
-def expected_pngs(names: tuple[str, ...]) -> dict[str, list[str]]:
-    return {name: [f"epoch_{epoch:03d}.png" for epoch in range(EPOCHS)] for name in names}
+def expected_pngs(names: tuple[str, ...], epochs: int = EPOCHS) -> dict[str, list[str]]:
+    return {name: [f"epoch_{epoch:03d}.png" for epoch in range(epochs)] for name in names}
 
 
 def assert_wandb_images_logged_once_per_epoch(run_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -232,6 +232,29 @@ def test_variant_without_prior_or_classes_skips_with_one_warning_each(tiny_mnist
             skipped[text.split(" draws nothing: ")[0]] += 1
     assert dict(skipped) == {"LatentGrid": 1, "StyleGrid": 1, "PriorSamples": 1, "ConfusionMatrix": 1}
     assert png_files(tmp_path / "ae-run") == expected_pngs(("reconstructions", "latent_scatter"))
+
+
+#: what each variant can show: no prior (ae) means no grid or samples; no class-conditioned decoder, no style
+#: grid; no classify, no confusion matrix
+VARIANT_IMAGES = {
+    "ae": ("reconstructions", "latent_scatter"),
+    "aae": ("latent_grid", "samples", "reconstructions", "latent_scatter"),
+    "supervised": ("latent_grid", "style_grid", "samples", "reconstructions", "latent_scatter"),
+    "semi": SEMI_IMAGES,
+    "dimreduction": SEMI_IMAGES,
+    "clustering": SEMI_IMAGES,
+    "label_regularized": ("latent_grid", "samples", "reconstructions", "latent_scatter", "confusion_matrix"),
+}
+
+
+def test_every_variant_is_covered() -> None:
+    assert set(VARIANT_IMAGES) == set(train.VARIANTS)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_IMAGES))
+def test_each_variant_draws_what_it_can(variant: str, tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    train.train(train.parse_args(train_argv(tiny_mnist_dir, tmp_path, variant, "none", "--max-epochs", "1")))
+    assert png_files(tmp_path / f"{variant}-run") == expected_pngs(VARIANT_IMAGES[variant], epochs=1)
 
 
 def test_ddp_two_processes_log_each_image_once_into_one_run(tiny_mnist_dir: Path, tmp_path: Path) -> None:
