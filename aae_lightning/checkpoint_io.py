@@ -6,19 +6,24 @@ rename within one file system is atomic, so `last.ckpt` is at every instant eith
 or the complete new one, whether the process dies of an exception, SIGKILL or a power cut during the write.
 
 `read_checkpoint` and `check_resumable` are what train.py checks a `--ckpt-path` with before handing it to
-Lightning, which would otherwise fail with a traceback deep inside its restore logic.
+Lightning, which would otherwise fail with a traceback deep inside its restore logic. `load_trained` is where the
+notebooks start: the model of any variant and its data, with the split it was trained on.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from aae_lightning.errors import UserError
+
+if TYPE_CHECKING:
+    from aae_lightning.base import AutoencoderBase
+    from datamodules import MNISTDataModule
 
 #: what every checkpoint train.py writes holds, beyond Lightning's own keys
 REQUIRED_KEYS = ("aae_variant", "hyper_parameters", "state_dict", "datamodule_hyper_parameters")
@@ -118,3 +123,21 @@ def _shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value)) or "(none)"
     return str(value)
+
+
+def load_trained(path: str | Path, data_dir: str | Path | None = None) -> tuple[AutoencoderBase, MNISTDataModule]:
+    """The model a checkpoint of any variant holds, in evaluation mode on the CPU, and its MNIST datamodule set up
+    with the split the run trained on (checked against the checkpoint's fingerprint). `data_dir`: where the MNIST
+    files are now (default: where the run read them); nothing is downloaded."""
+    from aae_lightning.registry import get_variant
+    from datamodules import MNISTDataModule
+
+    checkpoint = read_checkpoint(path)
+    model = get_variant(checkpoint["aae_variant"]).load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    settings = {**checkpoint["datamodule_hyper_parameters"], "download": False}
+    if data_dir is not None:
+        settings["data_dir"] = str(data_dir)
+    datamodule = MNISTDataModule(**settings)
+    datamodule.load_state_dict(checkpoint.get(MNISTDataModule.__qualname__, {}))
+    datamodule.setup("test")
+    return model.eval(), datamodule
