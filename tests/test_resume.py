@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,19 +38,29 @@ RUN = [
 ]
 
 
-def train_process(data_dir: Path, output_dir: Path, run_name: str, *extra: str) -> subprocess.Popen:
+@dataclass
+class TrainProcess:
+    process: subprocess.Popen
+    #: stdout and stderr: a pipe nobody reads while the run goes on could fill up and block it
+    log: Path
+
+
+def train_process(data_dir: Path, output_dir: Path, run_name: str, *extra: str) -> TrainProcess:
+    """`python train.py` on tiny data with the flags of `RUN`."""
     # one thread each: on a shared two-core machine torch's default thread pool spins and runs several times slower
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("AAE_RUN_NAME", None)
     argv = [sys.executable, str(REPO_ROOT / "train.py"), *RUN, "--data-dir", str(data_dir), "--output-dir",
             str(output_dir), "--run-name", run_name, "--results-json", str(output_dir / f"{run_name}.json"), *extra]
-    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with (output_dir / f"{run_name}-{time.monotonic_ns()}.log").open("w") as log:
+        return TrainProcess(subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
+                            Path(log.name))
 
 
-def kill_after_checkpoint(process: subprocess.Popen, last: Path, epoch: int, timeout: float = 600) -> int:
-    """SIGKILL `process` as soon as `last` holds a checkpoint of `epoch` or later; that checkpoint's epoch.
+def kill_after_checkpoint(run: TrainProcess, last: Path, epoch: int, timeout: float = 600) -> int:
+    """SIGKILL the run as soon as `last` holds a checkpoint of `epoch` or later, and return that epoch.
     Reading the file while training goes on is safe only because checkpoints are replaced atomically."""
-    deadline, seen = time.monotonic() + timeout, None
+    process, deadline, seen = run.process, time.monotonic() + timeout, None
     while time.monotonic() < deadline and process.poll() is None:
         stamp = last.stat().st_mtime_ns if last.is_file() else None
         if stamp is not None and stamp != seen:
@@ -57,16 +68,16 @@ def kill_after_checkpoint(process: subprocess.Popen, last: Path, epoch: int, tim
             saved = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
             if saved >= epoch:
                 os.kill(process.pid, signal.SIGKILL)
-                process.communicate()
+                process.wait()
                 return saved
         time.sleep(0.02)
-    _, stderr = process.communicate()
-    pytest.fail(f"the run ended (code {process.returncode}) before its epoch-{epoch} checkpoint: {stderr[-2000:]}")
+    process.wait()
+    pytest.fail(f"the run ended (code {process.returncode}) before its epoch-{epoch} checkpoint: "
+                f"{run.log.read_text()[-2000:]}")
 
 
-def finish(process: subprocess.Popen) -> None:
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
+def finish(run: TrainProcess) -> None:
+    assert run.process.wait(timeout=600) == 0, run.log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +89,16 @@ def runs(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     killed = train_process(tiny_mnist_dir, output, "killed", "--logger", "wandb")
     try:
         killed_at = kill_after_checkpoint(killed, output / "killed" / "checkpoints" / "last.ckpt", KILL_AFTER_EPOCH)
-        assert killed.returncode == -signal.SIGKILL
+        assert killed.process.returncode == -signal.SIGKILL
         assert not (output / "killed.json").exists()
         resumed = train_process(tiny_mnist_dir, output, "killed", "--logger", "wandb", "--ckpt-path", "last")
         finish(resumed)
         finish(whole)
     finally:
-        for process in (whole, killed):
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        for run in (whole, killed):
+            if run.process.poll() is None:
+                run.process.kill()
+                run.process.wait()
     return {"output": output, "killed_at": killed_at}
 
 
