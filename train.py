@@ -228,6 +228,10 @@ def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
         devices = devices or max(args.gpus, 1)
     accelerator = accelerator or "auto"
     devices = devices or 1
+    from datamodules.mnist import check_global_batch_sizes
+
+    # checked before Lightning starts the other processes, so the user sees the message once
+    check_global_batch_sizes(devices * args.num_nodes, args.batch_size, args.labeled_batch_size)
     strategy: Any = args.strategy
     if strategy is None and devices * args.num_nodes > 1:
         from pytorch_lightning.strategies import DDPStrategy
@@ -437,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(args)
     except (UserError, NonFiniteLossError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        from pytorch_lightning.utilities import rank_zero_only
+
+        if rank_zero_only.rank == 0:  # every DDP process finds the same problem; say it once
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR if isinstance(error, UserError) else EXIT_DIVERGED
     return 0
 
