@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from aae_lightning import AutoencoderBase, get_variant
-from aae_lightning.checkpoint_io import read_checkpoint
+from aae_lightning.checkpoint_io import load_trained, read_checkpoint
 from aae_lightning.errors import UserError
 from aae_lightning.evaluation import default_sigma_grid, parzen_log_densities, parzen_summary, select_parzen_sigma
 from datamodules import MNISTDataModule
@@ -46,31 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score only the first N test images (default: all 10,000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the prior samples")
     return parser
-
-
-def restore_model(checkpoint: dict[str, Any]) -> AutoencoderBase:
-    cls = get_variant(checkpoint["aae_variant"])
-    try:
-        model = cls(**checkpoint["hyper_parameters"])
-        model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line})") from None
-    return model.eval()
-
-
-def restore_datamodule(checkpoint: dict[str, Any], data_dir: str | None) -> MNISTDataModule:
-    settings = dict(checkpoint["datamodule_hyper_parameters"])
-    settings["download"] = False
-    if data_dir is not None:
-        settings["data_dir"] = data_dir
-    try:
-        datamodule = MNISTDataModule(**settings)
-    except TypeError as error:  # settings saved by a datamodule of another version
-        raise UserError(f"the checkpoint's data settings do not fit this code ({error})") from None
-    datamodule.load_state_dict(checkpoint.get(MNISTDataModule.__qualname__, {}))
-    datamodule.setup("test")  # raises if the rebuilt split's fingerprint differs from the checkpoint's
-    return datamodule
 
 
 @torch.no_grad()
@@ -116,8 +91,12 @@ def parzen(model: AutoencoderBase, datamodule: MNISTDataModule, args: argparse.N
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = read_checkpoint(args.ckpt)
-    model = restore_model(checkpoint)
-    datamodule = restore_datamodule(checkpoint, args.data_dir)
+    cls = get_variant(checkpoint["aae_variant"])
+    try:
+        model, datamodule = load_trained(args.ckpt, args.data_dir)
+    except (TypeError, RuntimeError) as error:  # hyperparameters or weight shapes this code's variant does not have
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line})") from None
     results: dict[str, Any] = {
         "checkpoint": str(args.ckpt),
         "variant": model.variant_name,
