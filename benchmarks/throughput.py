@@ -1,0 +1,158 @@
+"""Training throughput of each variant through Lightning against a plain PyTorch loop of the same networks.
+
+    python benchmarks/throughput.py --data-dir ../shared/data
+
+The plain loop is what a straightforward implementation looks like: one default `torch.optim.Adam` per phase,
+codes recomputed in every phase, `.detach()` on the codes the discriminator judges, no freezing of the critic in
+the generator phase. Both read the same batches from the same in-memory datamodule, so the ratio measures the
+training step alone. A "step" here is one batch (all of a variant's phases); Lightning's `global_step` would
+count one per phase. Runs alternate between the two loops and the best of `--repeats` is kept, because other
+processes on a shared machine only ever make a run slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aae_lightning import get_variant  # noqa: E402
+from aae_lightning.base import AutoencoderBase  # noqa: E402
+from datamodules.mnist import MNISTDataModule  # noqa: E402
+
+PAPER_VARIANTS = ("ae", "aae", "supervised", "semi")
+
+
+class StepTimer(pl.Callback):
+    """Wall and CPU time from the first batch after the warm-up to the end of the last one."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start: tuple[float, float] = (0.0, 0.0)
+        self.elapsed: tuple[float, float] = (0.0, 0.0)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            self.start = (time.perf_counter(), time.process_time())
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        self.elapsed = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
+
+
+def lightning_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, warmup: int, batches: int) -> tuple[float, float]:
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=warmup + batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(cls(), datamodule)
+    return timer.elapsed
+
+
+def plain_phases(model: AutoencoderBase) -> dict[str, Callable[[dict[str, Tensor]], Tensor]]:
+    """Each phase's loss written out the plain way; the variant's own hooks supply only what differs between
+    variants (which images, what the decoder gets, which codes are regularized)."""
+
+    def reconstruction(batch: dict[str, Tensor]) -> Tensor:
+        images = model.training_images(batch)
+        logits = model.decoder(model.decoder_input(model.encoder(images), batch.get("labeled_y")))
+        return F.binary_cross_entropy_with_logits(logits, images)
+
+    def regularization(batch: dict[str, Tensor]) -> Tensor:
+        fakes = {name: code.detach() for name, code in model.regularized_codes(batch).items()}
+        reals = model.prior_samples(batch, fakes)
+        loss = torch.zeros(())
+        for name, discriminator in model.discriminators.items():
+            real_logits, fake_logits = discriminator(reals[name]), discriminator(fakes[name])
+            loss = loss + F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            loss = loss + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        return loss
+
+    def generator(batch: dict[str, Tensor]) -> Tensor:
+        fakes = model.regularized_codes(batch)
+        loss = torch.zeros(())
+        for name, discriminator in model.discriminators.items():
+            logits = discriminator(fakes[name])
+            loss = loss + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        return loss
+
+    shared = {"reconstruction": reconstruction, "regularization": regularization, "generator": generator}
+    # a variant's own extra phases (semi's classification) are already a plain cross-entropy
+    return {phase: shared.get(phase, lambda batch, phase=phase: getattr(model, f"{phase}_phase")(batch)[0]) for phase in model.phases}
+
+
+def plain_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, warmup: int, batches: int) -> tuple[float, float]:
+    model = cls()
+    model.train()
+    losses = plain_phases(model)
+    optimizers = {
+        phase: torch.optim.Adam(
+            [p for name in model.phase_modules[phase] for p in getattr(model, name).parameters()],
+            lr=getattr(model.config, f"{phase}_lr"),
+        )
+        for phase in model.phases
+    }
+    start = (0.0, 0.0)
+    for index, batch in enumerate(datamodule.train_dataloader()):
+        if index == warmup:
+            start = (time.perf_counter(), time.process_time())
+        if index == warmup + batches:
+            break
+        for phase in model.phases:
+            optimizers[phase].zero_grad()
+            losses[phase](batch).backward()
+            optimizers[phase].step()
+    return time.perf_counter() - start[0], time.process_time() - start[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--variants", nargs="+", default=list(PAPER_VARIANTS))
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches before them")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per loop; the best is kept")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pl.seed_everything(0, verbose=False)
+
+    rows = []
+    for name in args.variants:
+        cls = get_variant(name)
+        datamodule = MNISTDataModule(args.data_dir, num_labels=1000, download=False, train_streams=cls.train_streams)
+        datamodule.setup("fit")
+        best = {"lightning": (float("inf"),) * 2, "plain": (float("inf"),) * 2}
+        for _ in range(args.repeats):
+            for loop, measure in (("lightning", lightning_seconds), ("plain", plain_seconds)):
+                wall, cpu = measure(cls, datamodule, args.warmup, args.batches)
+                best[loop] = (min(best[loop][0], wall), min(best[loop][1], cpu))
+        rows.append((name, *(args.batches / best[loop][0] for loop in best), *(args.batches / best[loop][1] for loop in best)))
+
+    print(f"\n{args.batches} timed batches of 100 after {args.warmup} warm-up, best of {args.repeats}, "
+          f"{args.threads} torch threads; steps = batches (all phases) per second")
+    print("| variant | Lightning steps/s | plain loop steps/s | ratio (wall) | ratio (CPU time) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, lightning, plain, lightning_cpu, plain_cpu in rows:
+        print(f"| {name} | {lightning:.2f} | {plain:.2f} | {lightning / plain:.2f}x | {lightning_cpu / plain_cpu:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
