@@ -35,12 +35,14 @@ class DimReductionAAE(SemiSupervisedAAE):
 
     def build(self) -> None:
         super().build()
-        self.decoder = self.make_decoder(self.config.latent_dim)
+        self.decoder = self.make_decoder(self.config.latent_dim)  # replaces the [y, z] decoder
         self.cluster_heads = nn.Linear(self.num_classes, self.config.latent_dim, bias=False)
         nn.init.normal_(self.cluster_heads.weight, std=self.config.head_distance)
 
     def decoder_input(self, codes: dict[str, Tensor], labels: Tensor | None) -> Tensor:
-        return self.cluster_heads(super().decoder_input(codes, labels)[:, : self.num_classes]) + codes["z"]
+        # the semi-supervised input starts with the class code (softmax of y, or the one-hot of given labels)
+        class_code = super().decoder_input(codes, labels)[:, : self.num_classes]
+        return self.cluster_heads(class_code) + codes["z"]
 
     def head_penalty(self) -> Tensor:
         """Sum over pairs of heads of max(0, eta - distance)."""
