@@ -237,7 +237,8 @@ def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
         from pytorch_lightning.strategies import DDPStrategy
 
         # Each phase updates only some networks, so every backward pass leaves parameters without gradients;
-        # plain DDP waits for them forever. Finding them costs one graph traversal per backward pass.
+        # plain DDP waits for them forever. Finding them costs one graph walk per backward pass, which
+        # benchmarks/ddp_overhead.py could not tell from noise on these MLPs.
         strategy = DDPStrategy(find_unused_parameters=True)
     return {
         "accelerator": accelerator,
