@@ -32,6 +32,10 @@ def make_wandb_logger(project: str, name: str, save_dir: Path, config: dict[str,
     on how to upload the run later. With `run_id`, logs into that W&B run if it exists (a resumed run; offline
     pieces of one run are uploaded into it by `wandb sync`), and starts it under that id if not."""
     save_dir.mkdir(parents=True, exist_ok=True)
+    # Each training process owns its W&B service. One inherited from a parent process that used wandb (a notebook,
+    # a test runner) would own this run instead: it would still hold the id of a killed run being resumed ("run ID
+    # is in use"), and could still be writing the run's files after this process has exited.
+    os.environ.pop("WANDB_SERVICE", None)
     mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
     logger = _logger(project, name, save_dir, mode, run_id)
     if mode == "online":
