@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.variants:
         cls = get_variant(name)
-        datamodule = MNISTDataModule(args.data_dir, num_labels=1000, download=False, train_streams=cls.train_streams)
+        # a variant trained on labels alone (supervised) gets all of them, as train.py gives it: a 1,000-image
+        # labeled set would end its epoch after 10 batches, before the timed ones
+        num_labels = 1000 if "unlabeled" in cls.train_streams else None
+        datamodule = MNISTDataModule(args.data_dir, num_labels=num_labels, download=False, train_streams=cls.train_streams)
         datamodule.setup("fit")
         best = {"lightning": (float("inf"),) * 2, "plain": (float("inf"),) * 2}
         for _ in range(args.repeats):
