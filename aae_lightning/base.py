@@ -30,7 +30,6 @@ from aae_lightning.components import Decoder, Discriminator, Encoder
 from aae_lightning.priors import Prior
 
 IMAGE_DIM = 28 * 28
-PHASE_NAMES = ("reconstruction", "regularization", "generator", "classification")
 
 
 def hparam(default: Any, help: str) -> Any:
