@@ -99,6 +99,7 @@ class AutoencoderBase(pl.LightningModule):
         self.prior_generator = torch.Generator()
         self._epoch_sums: dict[str, Tensor] = {}  # this epoch's training losses times batch sizes, by name
         self._epoch_images = 0
+        self._adversarial_codes: dict[str, Tensor] = {}  # this batch's `regularized_codes`, with the encoder's graph
 
     # ----- what a variant describes -------------------------------------------------------------------------
     def build(self) -> None:
@@ -167,8 +168,8 @@ class AutoencoderBase(pl.LightningModule):
         return loss, {"recon_loss": loss}
 
     def regularization_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        with torch.no_grad():  # the codes are data here: no gradient may reach the encoder
-            fakes = self.regularized_codes(batch)
+        # the codes are data here: no gradient may reach the encoder
+        fakes = {name: code.detach() for name, code in self._adversarial_codes.items()}
         reals = self.prior_samples(batch, fakes)
         logs = {}
         for name, discriminator in self.discriminators.items():
@@ -178,7 +179,7 @@ class AutoencoderBase(pl.LightningModule):
         return sum(logs.values()), logs
 
     def generator_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        fakes = self.regularized_codes(batch)
+        fakes = self._adversarial_codes
         logs = {f"gen_loss_{name}": adversarial_loss(d(fakes[name]), True) for name, d in self.discriminators.items()}
         return sum(logs.values()), logs
 
@@ -229,6 +230,12 @@ class AutoencoderBase(pl.LightningModule):
         logs: dict[str, Tensor] = {}
         for phase, optimizer in zip(self.phases, self._optimizer_list()):
             self._set_train_modes(phase)
+            if phase == "regularization":
+                # One encoder pass serves both adversarial phases. It runs before the discriminators' optimizer
+                # is toggled, so it records the encoder's graph; the regularization step leaves the encoder as
+                # it is, so the generator phase can backpropagate through this very pass (whose detached codes
+                # the discriminators were just trained on) instead of encoding the batch a second time.
+                self._adversarial_codes = self.regularized_codes(batch)
             # toggling freezes every parameter this optimizer does not own: no gradient leaks across phases,
             # and none is computed for networks that only pass gradients through (the critic, for instance)
             self.toggle_optimizer(optimizer)
@@ -243,6 +250,7 @@ class AutoencoderBase(pl.LightningModule):
             optimizer.step()
             self.untoggle_optimizer(optimizer)
             logs.update(phase_logs)
+        self._adversarial_codes = {}  # frees the graph
         self._log_train(logs, batch_size=len(self.training_images(batch)))
 
     def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:
