@@ -30,6 +30,7 @@ from aae_lightning.components import Decoder, Discriminator, Encoder
 from aae_lightning.priors import Prior
 
 IMAGE_DIM = 28 * 28
+RECONSTRUCTION_LOSSES = ("bce", "half_sse")
 
 
 def hparam(default: Any, help: str) -> Any:
@@ -47,6 +48,11 @@ class AutoencoderHparams:
     input_noise: float = hparam(0.0, "std of Gaussian noise added to the encoder's input while training")
     optimizer: str = hparam("adam", "adam or sgd (with --momentum), one per phase")
     momentum: float = hparam(0.9, "SGD momentum, or Adam's beta1")
+    reconstruction_loss: str = hparam(
+        "bce",
+        "bce: binary cross-entropy averaged over pixels; half_sse: the paper's half squared error of the "
+        "sigmoid output, summed over pixels (its SGD learning rates assume this scale)",
+    )
     reconstruction_lr: float = hparam(1e-3, "learning rate of the reconstruction phase")
     lr_milestones: tuple[int, ...] = hparam((), "epochs at which every phase's learning rate is multiplied by --lr-gamma")
     lr_gamma: float = hparam(0.1, "learning-rate factor applied at each milestone")
@@ -59,6 +65,11 @@ class AdversarialHparams(AutoencoderHparams):
     prior_std: float = hparam(5.0, "std of the Gaussian prior on z (the half-width for a uniform one)")
     regularization_lr: float = hparam(1e-4, "learning rate of the discriminator(s)")
     generator_lr: float = hparam(1e-4, "learning rate of the encoder in the generator phase")
+    adversarial_momentum: float = hparam(
+        -1.0,
+        "SGD momentum (Adam's beta1) of the regularization and generator phases; negative: the same as "
+        "--momentum (the paper uses 0.9 for reconstruction and 0.1 for the adversarial networks)",
+    )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -90,6 +101,10 @@ class AutoencoderBase(pl.LightningModule):
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
         self.config = self.Hparams(**hparams)  # rejects unknown names and fills the defaults
+        if self.config.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise UserError(
+                f"unknown --reconstruction-loss {self.config.reconstruction_loss!r}; choose {' or '.join(RECONSTRUCTION_LOSSES)}"
+            )
         self.save_hyperparameters(dataclasses.asdict(self.config))
         self.automatic_optimization = False
         self.priors: dict[str, Prior] = {}
@@ -99,7 +114,8 @@ class AutoencoderBase(pl.LightningModule):
         self.prior_generator = torch.Generator()
         self._epoch_sums: dict[str, Tensor] = {}  # this epoch's training losses times batch sizes, by name
         self._epoch_images = 0
-        self._adversarial_codes: dict[str, Tensor] = {}  # this batch's `regularized_codes`, with the encoder's graph
+        self._adversarial_batch: dict[str, Tensor] | None = None  # the batch `_adversarial_codes` belong to
+        self._adversarial_codes: dict[str, Tensor] = {}
 
     # ----- what a variant describes -------------------------------------------------------------------------
     def build(self) -> None:
@@ -133,6 +149,12 @@ class AutoencoderBase(pl.LightningModule):
         """The codes each discriminator sees as fake, by the name of its prior."""
         return self.encoder(self.training_images(batch))
 
+    def adversarial_codes(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This batch's `regularized_codes`, encoded once for both adversarial phases (see `training_step`)."""
+        if self._adversarial_batch is not batch:
+            self._adversarial_batch, self._adversarial_codes = batch, self.regularized_codes(batch)
+        return self._adversarial_codes
+
     def prior_samples(self, batch: dict[str, Tensor], codes: dict[str, Tensor]) -> dict[str, Tensor]:
         """What each discriminator sees as real: as many prior samples as there are codes."""
         return {name: self.sample_prior(name, len(codes[name])) for name in self.priors}
@@ -164,12 +186,16 @@ class AutoencoderBase(pl.LightningModule):
     def reconstruction_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         images = self.training_images(batch)
         logits = self.decoder(self.decoder_input(self.encoder(images), batch.get("labeled_y")))
-        loss = F.binary_cross_entropy_with_logits(logits, images)
+        if self.config.reconstruction_loss == "half_sse":
+            # per image, then averaged over the batch: with a mean over pixels the paper's rates would be 784x too small
+            loss = 0.5 * (torch.sigmoid(logits) - images).pow(2).sum(dim=1).mean()
+        else:
+            loss = F.binary_cross_entropy_with_logits(logits, images)
         return loss, {"recon_loss": loss}
 
     def regularization_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         # the codes are data here: no gradient may reach the encoder
-        fakes = {name: code.detach() for name, code in self._adversarial_codes.items()}
+        fakes = {name: code.detach() for name, code in self.adversarial_codes(batch).items()}
         reals = self.prior_samples(batch, fakes)
         logs = {}
         for name, discriminator in self.discriminators.items():
@@ -180,7 +206,7 @@ class AutoencoderBase(pl.LightningModule):
         return sum(logs.values()), logs
 
     def generator_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        fakes = self._adversarial_codes
+        fakes = self.adversarial_codes(batch)
         logs = {f"gen_loss_{name}": adversarial_loss(d(fakes[name]), True) for name, d in self.discriminators.items()}
         return sum(logs.values()), logs
 
@@ -193,12 +219,15 @@ class AutoencoderBase(pl.LightningModule):
 
     def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
         params, lr = self._phase_parameters(phase), getattr(self.config, f"{phase}_lr")
-        # fused kernels: on a CPU the default per-tensor Adam step over the 1000-unit layers costs more than
-        # the forward and backward passes that precede it
+        momentum = self.config.momentum
+        if phase in ("regularization", "generator") and self.config.adversarial_momentum >= 0:
+            momentum = self.config.adversarial_momentum
+        # fused kernels: on a CPU the default per-tensor Adam step over the 1000-unit layers costs about four
+        # times the fused one
         if self.config.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=(self.config.momentum, 0.999), fused=True)
+            return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), fused=True)
         if self.config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum, fused=True)
+            return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
         raise UserError(f"unknown --optimizer {self.config.optimizer!r}; choose adam or sgd")
 
     def setup(self, stage: str) -> None:
@@ -236,7 +265,7 @@ class AutoencoderBase(pl.LightningModule):
                 # is toggled, so it records the encoder's graph; the regularization step leaves the encoder as
                 # it is, so the generator phase can backpropagate through this very pass (whose detached codes
                 # the discriminators were just trained on) instead of encoding the batch a second time.
-                self._adversarial_codes = self.regularized_codes(batch)
+                self.adversarial_codes(batch)
             # toggling freezes every parameter this optimizer does not own: no gradient leaks across phases,
             # and none is computed for networks that only pass gradients through (the critic, for instance)
             self.toggle_optimizer(optimizer)
@@ -251,7 +280,7 @@ class AutoencoderBase(pl.LightningModule):
             optimizer.step()
             self.untoggle_optimizer(optimizer)
             logs.update(phase_logs)
-        self._adversarial_codes = {}  # frees the graph
+        self._adversarial_batch, self._adversarial_codes = None, {}  # frees the graph
         self._log_train(logs, batch_size=len(self.training_images(batch)))
 
     def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:

@@ -1,5 +1,5 @@
-"""The semi-supervised variant's paper options: half squared-error reconstruction, a momentum of its own for the
-adversarial phases, and the presets that reproduce Table 2."""
+"""The paper's training options, shared by every variant: half squared-error reconstruction, a momentum of its
+own for the adversarial phases; and the presets that reproduce Table 2."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from aae_lightning.errors import UserError
 TINY = {"hidden_sizes": (16, 16), "disc_hidden_sizes": (8,)}
 
 
+def tiny(variant: str, **hparams):
+    """`variant` with tiny networks (the plain autoencoder has no discriminator to size)."""
+    sizes = {key: value for key, value in TINY.items() if key in get_variant(variant).Hparams.__dataclass_fields__}
+    return get_variant(variant)(**sizes, **hparams)
+
+
 def phase_momenta(model) -> dict[str, float]:
     momenta = {}
     for phase, optimizer in zip(model.phases, model.configure_optimizers()):
@@ -21,22 +27,25 @@ def phase_momenta(model) -> dict[str, float]:
     return momenta
 
 
+ADVERSARIAL_PHASES = ("regularization", "generator")
+
+
+@pytest.mark.parametrize("variant", ["aae", "supervised", "clustering", "semi"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_adversarial_momentum_applies_to_the_adversarial_phases_only(optimizer: str) -> None:
-    model = get_variant("semi")(optimizer=optimizer, momentum=0.9, adversarial_momentum=0.1, **TINY)
-    assert phase_momenta(model) == {
-        "reconstruction": 0.9, "regularization": 0.1, "generator": 0.1, "classification": 0.9,
-    }
+def test_adversarial_momentum_applies_to_the_adversarial_phases_only(variant: str, optimizer: str) -> None:
+    model = tiny(variant, optimizer=optimizer, momentum=0.9, adversarial_momentum=0.1)
+    assert phase_momenta(model) == {phase: 0.1 if phase in ADVERSARIAL_PHASES else 0.9 for phase in model.phases}
 
 
 def test_a_negative_adversarial_momentum_means_the_common_one() -> None:
-    model = get_variant("semi")(optimizer="sgd", momentum=0.7, **TINY)
+    model = tiny("semi", optimizer="sgd", momentum=0.7)
     assert set(phase_momenta(model).values()) == {0.7}
 
 
-def test_half_sse_is_half_the_squared_error_of_the_sigmoid_output_summed_over_pixels() -> None:
+@pytest.mark.parametrize("variant", ["ae", "clustering", "semi"])
+def test_half_sse_is_half_the_squared_error_of_the_sigmoid_output_summed_over_pixels(variant: str) -> None:
     torch.manual_seed(0)
-    model = get_variant("semi")(reconstruction_loss="half_sse", **TINY)
+    model = tiny(variant, reconstruction_loss="half_sse")
     images = torch.rand(5, 784)
     loss, logs = model.reconstruction_phase({"x": images})
     model.eval()  # no input noise: the same reconstruction as the loss saw (the tiny model has none anyway)
@@ -44,13 +53,14 @@ def test_half_sse_is_half_the_squared_error_of_the_sigmoid_output_summed_over_pi
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert logs["recon_loss"] is loss
     # per image, not per pixel: the scale the paper's SGD learning rates were chosen for
-    bce, _ = get_variant("semi")(**TINY).reconstruction_phase({"x": images})
+    bce, _ = tiny(variant).reconstruction_phase({"x": images})
     assert loss.item() > 10 * bce.item()
 
 
-def test_an_unknown_reconstruction_loss_is_a_user_error() -> None:
+@pytest.mark.parametrize("variant", ["ae", "semi"])
+def test_an_unknown_reconstruction_loss_is_a_user_error(variant: str) -> None:
     with pytest.raises(UserError, match="--reconstruction-loss 'l1'"):
-        get_variant("semi")(reconstruction_loss="l1", **TINY)
+        tiny(variant, reconstruction_loss="l1")
 
 
 @pytest.mark.parametrize("preset", ["paper-semi-100", "paper-semi-1000", "fast-semi-100", "fast-semi-1000"])
