@@ -270,11 +270,7 @@ class AutoencoderBase(pl.LightningModule):
             # and none is computed for networks that only pass gradients through (the critic, for instance)
             self.toggle_optimizer(optimizer)
             loss, phase_logs = getattr(self, f"{phase}_phase")(batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{phase} loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
-                    "training stopped and the last checkpoint is untouched"
-                )
+            self._stop_unless_finite(loss, phase, batch_idx)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
@@ -282,6 +278,18 @@ class AutoencoderBase(pl.LightningModule):
             logs.update(phase_logs)
         self._adversarial_batch, self._adversarial_codes = None, {}  # frees the graph
         self._log_train(logs, batch_size=len(self.training_images(batch)))
+
+    def _stop_unless_finite(self, loss: Tensor, phase: str, batch_idx: int) -> None:
+        # Decided by all processes together (one all-reduce of a flag under DDP): a process stopping alone
+        # would leave the others waiting in the next gradient all-reduce for a peer that is gone.
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        value = f"is {loss.item()}" if not finite else "is not finite on another process"
+        raise NonFiniteLossError(
+            f"{phase} loss {value} at epoch {self.current_epoch}, batch {batch_idx}; "
+            "training stopped and the last checkpoint is untouched"
+        )
 
     def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:
         # Step values are this rank's own (syncing them would cost an all-reduce per loss per step); epoch means

@@ -43,6 +43,17 @@ def test_every_variant_trains_under_ddp_with_replicas_in_sync(tiny_mnist_dir: Pa
         assert result["val_metrics"], result
 
 
+def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(tiny_mnist_dir: Path) -> None:
+    """Only rank 1 diverges. Were it to stop alone, rank 0 would wait in the next gradient all-reduce for a peer
+    that is gone (with NCCL, until the collective timeout)."""
+    process = run([str(SCRIPTS / "ddp_variants.py"), "--data-dir", str(tiny_mnist_dir), "--poison-rank", "1", "aae"],
+                  timeout=180)
+    results = sorted(json_lines(process.stdout), key=lambda result: result["rank"])
+    assert [result["rank"] for result in results] == [0, 1], process.stdout
+    assert results[1]["error"].startswith("reconstruction loss is nan at epoch 0, batch 1;"), results
+    assert results[0]["error"].startswith("reconstruction loss is not finite on another process at epoch 0, batch 1;"), results
+
+
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_mnist_dir: Path, tmp_path: Path) -> None:
     """Batch sizes are global and each rank takes its slice of the same global batch, so DDP on 2 processes
     follows the single-process run (the plain autoencoder has no per-rank randomness)."""

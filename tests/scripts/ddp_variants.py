@@ -3,7 +3,8 @@ re-running the launching script: it must never be pytest itself.
 
 For each variant named on the command line: train a few batches on `--devices` CPU processes, then check on
 every rank that DDP kept the replicas identical and that training moved them. Rank 0 prints one JSON line per
-variant.
+variant. With `--poison-rank R`, rank R's decoder turns NaN before the second batch, and every rank prints the
+error training stopped with.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
 
-from aae_lightning import get_variant
+from aae_lightning import NonFiniteLossError, get_variant
 from datamodules import MNISTDataModule
 
 SMALL_NETWORKS = {"hidden_sizes": (64, 64), "disc_hidden_sizes": (32,)}
@@ -26,12 +27,25 @@ def parameter_vector(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
+class PoisonDecoder(pl.Callback):
+    """Makes one rank's decoder output NaN from the second batch on: a divergence only that rank sees."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: object, batch_idx: int) -> None:
+        if batch_idx == 1 and trainer.global_rank == self.rank:
+            with torch.no_grad():
+                next(module.decoder.parameters()).fill_(float("nan"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--save-params", default=None, help="folder for each variant's final parameters (rank 0)")
+    parser.add_argument("--poison-rank", type=int, default=None, help="the rank whose decoder turns NaN at batch 1")
     parser.add_argument("variants", nargs="+")
     args = parser.parse_args()
     for name in args.variants:
@@ -44,7 +58,16 @@ def main() -> None:
                                      train_streams=cls.train_streams)
         trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=DDPStrategy(find_unused_parameters=True),
                              max_epochs=1, limit_train_batches=args.batches, limit_val_batches=2, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[] if args.poison_rank is None else [PoisonDecoder(args.poison_rank)])
+        if args.poison_rank is not None:
+            try:
+                trainer.fit(model, datamodule=datamodule)
+                error = None
+            except NonFiniteLossError as raised:
+                error = str(raised)
+            print(json.dumps({"variant": name, "rank": trainer.global_rank, "error": error}), flush=True)
+            continue
         trainer.fit(model, datamodule=datamodule)
         final = parameter_vector(model)
         gathered = [torch.zeros_like(final) for _ in range(dist.get_world_size())]
