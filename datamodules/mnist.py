@@ -8,6 +8,7 @@ so it never depends on Lightning injecting a `DistributedSampler`.
 from __future__ import annotations
 
 import hashlib
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -104,6 +105,10 @@ def missing_files(data_dir: str | Path) -> list[str]:
     return [name for name in MNIST_RAW_FILES if not (Path(data_dir) / "MNIST" / "raw" / name).is_file()]
 
 
+#: seconds a download may wait for a mirror's answer (torchvision sets none, so a silent server would hang the run)
+DOWNLOAD_TIMEOUT = 60.0
+
+
 def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
     """Images as a float tensor (N, 784) in [0, 1] and labels (N,), read through torchvision."""
     from torchvision.datasets import MNIST  # deferred: importing torchvision costs seconds
@@ -115,6 +120,8 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
             f"MNIST not found in {raw_dir} (missing {', '.join(missing)}); put the four files "
             f"{', '.join(MNIST_RAW_FILES)} there or allow the download"
         )
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # urllib, which torchvision downloads with, uses the default
     try:
         dataset = MNIST(str(data_dir), train=train, download=download)
     # A failed download and a truncated file both surface as RuntimeError (the IDX parser's reshape fails), and
@@ -128,6 +135,8 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
                 f"put the four files {', '.join(MNIST_RAW_FILES)} there"
             ) from error
         raise DataError(f"MNIST files in {raw_dir} are truncated or corrupt ({error}); delete them and download again") from error
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     images, targets = dataset.data, dataset.targets
     if images.dim() != 3 or images.shape[1:] != (28, 28) or len(images) != len(targets) or len(images) == 0:
         raise DataError(

@@ -4,6 +4,8 @@ shards, the split fingerprint in checkpoints, and the one-line errors for bad da
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -14,6 +16,7 @@ from torch import Tensor
 
 from aae_lightning.errors import UserError
 from datamodules import DataError, MNISTDataModule, make_split
+from datamodules import mnist
 from datamodules.mnist import MNIST_RAW_FILES, _EpochBatches, _EvalBatches, load_mnist
 
 TINY_VAL = 100  # of the 600 tiny training images; 500 stay for training
@@ -276,3 +279,33 @@ def test_truncated_file_is_reported_as_corrupt(tiny_mnist_dir: Path, tmp_path: P
     assert_one_line(lambda: tiny_datamodule(tmp_path), "truncated or corrupt", str(tmp_path / "MNIST" / "raw"))
     # downloading is allowed but must not be attempted: the files are there, only broken
     assert_one_line(lambda: tiny_datamodule(tmp_path, download=True), "truncated or corrupt")
+
+
+def test_a_mirror_that_never_answers_fails_the_download_instead_of_hanging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real local server accepts the connection and then says nothing."""
+    from torchvision.datasets import MNIST
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{silent.getsockname()[1]}/"])
+        monkeypatch.setattr(mnist, "DOWNLOAD_TIMEOUT", 0.5)
+        outcome: dict[str, BaseException] = {}
+
+        def download() -> None:
+            try:
+                tiny_datamodule(tmp_path, download=True)
+            except BaseException as error:  # handed to the test's thread to judge
+                outcome["error"] = error
+
+        worker = threading.Thread(target=download, daemon=True)  # a hang must fail the test, not stall the suite
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "the download is still waiting for the silent mirror"
+    finally:
+        silent.close()
+    error = outcome.get("error")
+    assert isinstance(error, DataError) and "\n" not in str(error), error
+    assert "download failed" in str(error) and "timed out" in str(error), error
+    assert socket.getdefaulttimeout() is None  # the process-wide default is restored
