@@ -31,6 +31,8 @@ from aae_lightning.priors import Prior
 
 IMAGE_DIM = 28 * 28
 RECONSTRUCTION_LOSSES = ("bce", "half_sse")
+#: the phases that match codes to priors: they share one encoder pass and may have a momentum of their own
+ADVERSARIAL_PHASES = ("regularization", "generator")
 
 
 def hparam(default: Any, help: str) -> Any:
@@ -220,7 +222,7 @@ class AutoencoderBase(pl.LightningModule):
     def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
         params, lr = self._phase_parameters(phase), getattr(self.config, f"{phase}_lr")
         momentum = self.config.momentum
-        if phase in ("regularization", "generator") and self.config.adversarial_momentum >= 0:
+        if phase in ADVERSARIAL_PHASES and self.config.adversarial_momentum >= 0:
             momentum = self.config.adversarial_momentum
         # fused kernels: on a CPU the default per-tensor Adam step over the 1000-unit layers costs about four
         # times the fused one

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from aae_lightning import get_variant
 from aae_lightning.base import AutoencoderBase
 from datamodules.mnist import MNISTDataModule
+from trainers import make_trainer
 
 #: batches per comparison run of `ae` and `aae` (an epoch is 500)
 CODE_BATCHES = 300
@@ -37,16 +38,7 @@ def fit(variant: str, mnist_dir: Path, batches: int | None = None, num_labels: i
     cls = get_variant(variant)
     model = cls(**hparams)
     datamodule = MNISTDataModule(str(mnist_dir), num_labels=num_labels, download=False, train_streams=cls.train_streams)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(batches)
     trainer.fit(model, datamodule)
     return model.eval(), trainer, datamodule
 

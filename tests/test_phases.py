@@ -20,6 +20,7 @@ from torch import Tensor
 from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
 from aae_lightning.base import AutoencoderBase
 from datamodules.mnist import MNISTDataModule
+from trainers import make_trainer
 
 SMALL = {"hidden_sizes": (32, 24), "disc_hidden_sizes": (16,), "dropout": 0.2, "input_noise": 0.1}
 PAPER_VARIANTS = ("ae", "aae", "supervised", "semi")
@@ -35,22 +36,6 @@ def small_model(name: str, **overrides: Any) -> AutoencoderBase:
 def tiny_datamodule(data_dir: Path, model: AutoencoderBase) -> MNISTDataModule:
     return MNISTDataModule(
         str(data_dir), num_labels=100, val_size=100, batch_size=20, download=False, train_streams=model.train_streams
-    )
-
-
-def make_trainer(batches: int, epochs: int = 1, callbacks: list[pl.Callback] | None = None, **kwargs: Any) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks or [],
-        **kwargs,
     )
 
 

@@ -1,0 +1,25 @@
+"""The quiet single-process CPU trainer the in-process tests fit with: no logger, checkpoints, progress bar,
+model summary or validation, so a test times and sees nothing but training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+def make_trainer(batches: int | None, epochs: int = 1, callbacks: list[pl.Callback] | None = None, **kwargs: Any) -> pl.Trainer:
+    """A trainer for `epochs` epochs of `batches` batches each (None: whole epochs)."""
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks or [],
+        **kwargs,
+    )
