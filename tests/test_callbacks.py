@@ -44,8 +44,11 @@ def run_in_process(argv: list[str]) -> dict[str, Any]:
     results = train.train(train.parse_args(argv))
     import wandb
 
-    # train.py leaves the W&B run open for the interpreter's exit to close; this process goes on
+    # train.py leaves the W&B run open for the interpreter's exit to close; this process goes on. `finish` can
+    # return before the W&B service has flushed the run's .wandb file (seen: 7 bytes of 17 KB); `teardown`
+    # waits for the service to exit, and with it for every file to be closed.
     wandb.finish()
+    wandb.teardown()
     return results
 
 
@@ -62,6 +65,8 @@ def wandb_records(path: Path) -> list[Any]:
             position += room
             continue
         _, length, kind = struct.unpack("<IHB", data[position : position + CHUNK_HEADER])
+        if position + CHUNK_HEADER + length > len(data):  # cut short: the writer had not flushed it yet
+            break
         if kind == 0:  # zero padding up to the end of the block
             position += room
             continue
@@ -74,6 +79,8 @@ def wandb_records(path: Path) -> list[Any]:
             pending = b""
         else:
             assert kind in (FIRST, MIDDLE), f"corrupt chunk type {kind} in {path}"
+    # a finished run's log ends with its exit record; without it the file was read before W&B flushed it
+    assert records and records[-1].WhichOneof("record_type") == "exit", f"{path} holds no finished run"
     return records
 
 
