@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--output-dir", type=Path, default=Path("runs"), help="each run gets a folder in here")
     output.add_argument("--run-name", default=None,
                         help="the run folder's name (default: variant, labels, seed and the start time)")
+    output.add_argument("--log-every-n-batches", type=positive_int, default=50,
+                        help="log the training losses of every Nth batch (epoch means are always logged; "
+                             "Lightning's log_every_n_steps, which counts batches, not optimizer steps)")
     output.add_argument("--image-every-n-epochs", type=non_negative_int, default=1,
                         help="draw latent grid, style grid, samples, reconstructions, latent scatter and confusion "
                              "matrix every N epochs and after the last (PNGs in RUN_FOLDER/images/, and to the "
@@ -411,6 +414,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         fast_dev_run=args.fast_dev_run,
+        log_every_n_steps=args.log_every_n_batches,
         enable_progress_bar=sys.stderr.isatty(),
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path))

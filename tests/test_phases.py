@@ -285,7 +285,7 @@ class RecordStepLosses(pl.Callback):
 def test_epoch_losses_are_the_means_of_the_step_losses(tiny_mnist_dir: Path) -> None:
     model = small_model("semi")
     recorder = RecordStepLosses()
-    trainer = make_trainer(3, epochs=2, callbacks=[recorder])
+    trainer = make_trainer(3, epochs=2, callbacks=[recorder], log_every_n_steps=1)
     trainer.fit(model, tiny_datamodule(tiny_mnist_dir, model))
     names = {"recon_loss", "disc_loss_y", "disc_loss_z", "gen_loss_y", "gen_loss_z", "class_loss"}
     assert {key for key in trainer.callback_metrics if key.startswith("train/")} == {
@@ -295,3 +295,32 @@ def test_epoch_losses_are_the_means_of_the_step_losses(tiny_mnist_dir: Path) -> 
     for name in names:
         expected = sum(step[f"train/{name}_step"] for step in last_epoch) / len(last_epoch)
         assert trainer.callback_metrics[f"train/{name}_epoch"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_step_losses_reach_the_logger_every_n_batches(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    """The module hands step losses to Lightning only on the batches its loggers write: each written row must
+    hold that very batch's losses (not a stale earlier one), every phase's loss in it."""
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    model = small_model("aae")
+    batch_losses: list[float] = []
+    reconstruction_phase = model.reconstruction_phase
+
+    def recording_reconstruction_phase(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logs = reconstruction_phase(batch)
+        batch_losses.append(loss.item())
+        return loss, logs
+
+    model.reconstruction_phase = recording_reconstruction_phase
+    logger = CSVLogger(tmp_path, name="", version="")
+    make_trainer(7, epochs=2, logger=logger, log_every_n_steps=3).fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    with open(Path(logger.log_dir) / "metrics.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row["train/recon_loss_step"]]
+    # 14 batches in all, counted across the epoch boundary: the 3rd, 6th, 9th and 12th are written
+    assert [int(row["step"]) for row in rows] == [2, 5, 8, 11]
+    for row in rows:
+        assert float(row["train/recon_loss_step"]) == pytest.approx(batch_losses[int(row["step"])], rel=1e-6)
+        for name in ("disc_loss_z", "gen_loss_z"):
+            assert torch.isfinite(torch.tensor(float(row[f"train/{name}_step"]))), (name, row)

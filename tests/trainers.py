@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 
 
 def make_trainer(batches: int | None, epochs: int = 1, callbacks: list[pl.Callback] | None = None, **kwargs: Any) -> pl.Trainer:
-    """A trainer for `epochs` epochs of `batches` batches each (None: whole epochs)."""
-    return pl.Trainer(
+    """A trainer for `epochs` epochs of `batches` batches each (None: whole epochs); `kwargs` override any setting."""
+    settings: dict[str, Any] = dict(
         accelerator="cpu",
         max_epochs=epochs,
         limit_train_batches=batches,
@@ -21,5 +21,5 @@ def make_trainer(batches: int | None, epochs: int = 1, callbacks: list[pl.Callba
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=callbacks or [],
-        **kwargs,
     )
+    return pl.Trainer(**{**settings, **kwargs})
