@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytorch_lightning as pl
 import torch
@@ -66,7 +67,10 @@ def main() -> None:
                 error = None
             except NonFiniteLossError as raised:
                 error = str(raised)
-            print(json.dumps({"variant": name, "rank": trainer.global_rank, "error": error}), flush=True)
+            # both ranks report into one pipe: one write per line (print writes the text and its newline
+            # separately, so two ranks' lines could run together)
+            sys.stdout.write(json.dumps({"variant": name, "rank": trainer.global_rank, "error": error}) + "\n")
+            sys.stdout.flush()
             continue
         trainer.fit(model, datamodule=datamodule)
         final = parameter_vector(model)
