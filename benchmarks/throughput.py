@@ -8,7 +8,7 @@ the generator phase. A third, bare loop runs this module's own phases and optimi
 splits the ratio into what the module's arithmetic gains (bare / plain) and what Lightning costs
 (Lightning / bare). All three read the same batches from the same in-memory datamodule, so the ratios measure
 the training step alone. A "step" here is one batch (all of a variant's phases); Lightning's `global_step` would
-count one per phase. Runs alternate between the two loops and the best of `--repeats` is kept, because other
+count one per phase. Runs alternate between the three loops and the best of `--repeats` is kept, because other
 processes on a shared machine only ever make a run slower.
 """
 
@@ -151,7 +151,6 @@ def bare_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, warmup
             optimizer.zero_grad(set_to_none=True)
             getattr(model, f"{phase}_phase")(batch)[0].backward()
             optimizer.step()
-        model.requires_grad_(True)
 
     return time_batches(datamodule, warmup, batches, train_on)
 

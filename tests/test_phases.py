@@ -7,6 +7,7 @@ were in training mode. Nothing is mocked: the hooks observe the very optimizers 
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor
 
 from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
@@ -300,10 +302,6 @@ def test_epoch_losses_are_the_means_of_the_step_losses(tiny_mnist_dir: Path) -> 
 def test_step_losses_reach_the_logger_every_n_batches(tiny_mnist_dir: Path, tmp_path: Path) -> None:
     """The module hands step losses to Lightning only on the batches its loggers write: each written row must
     hold that very batch's losses (not a stale earlier one), every phase's loss in it."""
-    import csv
-
-    from pytorch_lightning.loggers import CSVLogger
-
     model = small_model("aae")
     batch_losses: list[float] = []
     reconstruction_phase = model.reconstruction_phase
