@@ -24,6 +24,7 @@ from torch import Tensor
 
 from aae_lightning import AutoencoderBase, get_variant
 from aae_lightning.checkpoint_io import load_trained, read_checkpoint
+from aae_lightning.console import quiet_console
 from aae_lightning.errors import UserError
 from aae_lightning.evaluation import default_sigma_grid, parzen_log_densities, parzen_summary, select_parzen_sigma
 from datamodules import MNISTDataModule
@@ -127,6 +128,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_console()
     args = build_parser().parse_args(argv)
     try:
         results = evaluate(args)

@@ -12,22 +12,31 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 import time
 import typing
 import uuid
+import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import torch
 
 from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
+from aae_lightning.base import AutoencoderHparams
 from aae_lightning.checkpoint_io import AtomicCheckpointIO, check_resumable, read_checkpoint
+from aae_lightning.console import quiet_console
 from aae_lightning.errors import UserError
+from aae_lightning.hparams import Accepts, declarations
+
+if TYPE_CHECKING:  # for annotations; the functions import what they use where they need it, as the rest of this file
+    import pytorch_lightning as pl
 
 LOGGERS = ("wandb", "tensorboard", "csv", "none")
+PROGRESS = ("auto", "bar", "lines", "none")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 ALL_LABELS = "all"
 EXIT_USER_ERROR = 2
@@ -35,6 +44,9 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 #: the file in a run folder that holds its W&B run id
 WANDB_RUN_ID_FILE = "wandb_run_id"
+#: the Trainer arguments Lightning checks and the flags that set them, in the order its checks are asked for
+LIGHTNING_FLAGS = {"accelerator": "--accelerator", "devices": "--devices", "num_nodes": "--num-nodes",
+                   "strategy": "--strategy", "precision": "--precision"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -68,28 +80,36 @@ def label_count(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"must be a number or '{ALL_LABELS}', got {text!r}") from None
 
 
-def _hparam_fields() -> dict[str, tuple[Any, str, dict[str, Any]]]:
-    """Every hyperparameter of every variant: name -> (type, help, {variant: default})."""
-    merged: dict[str, tuple[Any, str, dict[str, Any]]] = {}
+def _hparam_fields() -> dict[str, tuple[Any, str, dict[str, Any], dict[str, Accepts]]]:
+    """Every hyperparameter of every variant: name -> (type, help, {variant: default}, {variant: what it accepts})."""
+    merged: dict[str, tuple[Any, str, dict[str, Any], dict[str, Accepts]]] = {}
     for variant, cls in sorted(VARIANTS.items()):
         hints = typing.get_type_hints(cls.Hparams)
+        accepts = declarations(cls.Hparams)
         for field in fields(cls.Hparams):
             if field.name == "seed":  # the top-level --seed sets it
                 continue
             default = field.default if field.default is not MISSING else field.default_factory()
-            _, _, defaults = merged.setdefault(field.name, (hints[field.name], field.metadata["help"], {}))
+            _, _, defaults, allowed = merged.setdefault(field.name, (hints[field.name], field.metadata["help"], {}, {}))
             defaults[variant] = default
+            allowed[variant] = accepts[field.name]
     return merged
 
 
 def _describe_defaults(defaults: dict[str, Any]) -> str:
-    by_value: dict[str, list[str]] = {}
-    for variant, value in defaults.items():
-        shown = " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        by_value.setdefault(shown or "none", []).append(variant)
-    if len(by_value) == 1:
-        return f"default {next(iter(by_value))}"
-    return "default " + "; ".join(f"{value} for {', '.join(variants)}" for value, variants in by_value.items())
+    shown = {variant: " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+             for variant, value in defaults.items()}
+    return "default " + _per_variant({variant: text or "none" for variant, text in shown.items()})
+
+
+def _per_variant(texts: dict[str, str]) -> str:
+    """The one text every variant has, or each text followed by the variants it belongs to."""
+    by_text: dict[str, list[str]] = {}
+    for variant, text in texts.items():
+        by_text.setdefault(text, []).append(variant)
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"{text} for {', '.join(variants)}" for text, variants in by_text.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="global batch size, split evenly over all devices (so it must divide by their number)")
     run.add_argument("--labeled-batch-size", type=positive_int, default=None,
                      help="global batch size of the labeled stream (default: --batch-size)")
-    run.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the prior samples")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seeds the split, the initialisation and the prior samples; "
+                          f"allowed: {declarations(AutoencoderHparams)['seed'].describe()}")
     run.add_argument("--fast-dev-run", action="store_true", help="one batch of training, validation (and test) as a smoke test")
     run.add_argument("--ckpt-path", default=None, help="resume from this checkpoint (or 'last': the newest last.ckpt of --run-name)")
     run.add_argument("--test", action="store_true", help="after training, evaluate the best checkpoint on the test set")
@@ -134,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw latent grid, style grid, samples, reconstructions, latent scatter and confusion "
                              "matrix every N epochs and after the last (PNGs in RUN_FOLDER/images/, and to the "
                              "logger); 0: never")
+    output.add_argument("--progress", choices=PROGRESS, default="auto",
+                        help="bar: Lightning's progress bar, with the main validation metric and the reconstruction "
+                             "loss; lines: one line per epoch on stdout (epoch, seconds, training losses, validation "
+                             "metrics, time left), for log files; auto: bar when stdout is a terminal, else lines; "
+                             "none: neither")
 
     hardware = parser.add_argument_group("hardware (Lightning Trainer arguments)")
     hardware.add_argument("--gpus", type=int, default=None,
@@ -145,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Lightning strategy (default with several devices: DDP that tolerates parameters a phase leaves unused)")
     hardware.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
 
-    model = parser.add_argument_group("model hyperparameters (paper defaults; each variant takes the ones it has)")
-    for name, (hint, help_text, defaults) in _hparam_fields().items():
+    model = parser.add_argument_group("model hyperparameters (each variant's defaults; each variant takes the ones it has)")
+    for name, (hint, help_text, defaults, accepts) in _hparam_fields().items():
         flag = "--" + name.replace("_", "-")
+        if hint is not bool:  # a switch's range is its two spellings
+            help_text += f"; allowed: {_per_variant({variant: a.describe() for variant, a in accepts.items()})}"
         help_text = f"{help_text} ({_describe_defaults(defaults)}; variants: {', '.join(defaults)})"
         origin = typing.get_origin(hint)
         if origin is tuple:
@@ -212,6 +241,7 @@ def model_hparams(args: argparse.Namespace) -> dict[str, Any]:
         if name not in own:
             raise UserError(f"--{name.replace('_', '-')} is not a hyperparameter of --variant {args.variant}")
         chosen[name] = tuple(value) if isinstance(value, list) else value
+    cls.Hparams(**chosen)  # each value against its declaration (an HparamError), before any data is read
     return chosen
 
 
@@ -231,6 +261,8 @@ def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
         devices = devices or max(args.gpus, 1)
     accelerator = accelerator or "auto"
     devices = devices or 1
+    check_lightning_flags({"accelerator": accelerator, "devices": devices, "num_nodes": args.num_nodes,
+                           "strategy": args.strategy or "auto", "precision": args.precision})
     from datamodules.mnist import check_global_batch_sizes
 
     # checked before Lightning starts the other processes, so the user sees the message once
@@ -250,6 +282,31 @@ def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
         "strategy": strategy or "auto",
         "precision": args.precision,
     }
+
+
+def check_lightning_flags(settings: dict[str, Any]) -> None:
+    """What Lightning refuses of these Trainer arguments (`LIGHTNING_FLAGS`) is a `UserError` naming the flag.
+    Lightning itself would refuse only once the Trainer is built, after the data is read, and with a traceback. Its
+    own connector answers here, asked with one more argument each time, so that a refusal is the last one's. It
+    builds the accelerator, strategy and precision objects only: nothing is launched."""
+    from pytorch_lightning.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    asked: dict[str, Any] = {}
+    disabled = logging.root.manager.disable
+    # what Lightning would say here ("Using bfloat16 ...", a fallback's warning) the real Trainer says later
+    logging.disable(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, flag in LIGHTNING_FLAGS.items():
+                asked[name] = settings[name]
+                try:
+                    _AcceleratorConnector(**asked)
+                except Exception as error:  # ValueError, MisconfigurationException, ...: Lightning's choice  # noqa: BLE001
+                    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    raise UserError(f"{flag} {settings[name]} is refused by Lightning: {reason}") from None
+    finally:
+        logging.disable(disabled)
 
 
 def uses_labels(args: argparse.Namespace) -> bool:
@@ -298,13 +355,16 @@ def make_logger(args: argparse.Namespace, run_dir: Path, config: dict[str, Any],
 
 
 def build_callbacks(args: argparse.Namespace, checkpoint: Any) -> list[Any]:
-    """The checkpoint, the run-config and W&B-axis callbacks, and the image callbacks (unless
-    --image-every-n-epochs 0). Imported here: matplotlib is not needed before training starts."""
+    """The checkpoint, the run-config and W&B-axis callbacks, the image callbacks (unless
+    --image-every-n-epochs 0) and those of --progress. Imported here: matplotlib is not needed before training
+    starts."""
     from callbacks.images import image_callbacks
+    from callbacks.progress import progress_callbacks
     from callbacks.run_config import LogRunConfig
     from callbacks.wandb_setup import WandbEpochAxis
 
-    return [checkpoint, LogRunConfig(), WandbEpochAxis(), *image_callbacks(args.image_every_n_epochs, seed=args.seed)]
+    return [checkpoint, LogRunConfig(), WandbEpochAxis(), *image_callbacks(args.image_every_n_epochs, seed=args.seed),
+            *progress_callbacks(args.progress)]
 
 
 def resolve_run(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -358,7 +418,7 @@ def keep_csv_history(logger: Any, last_epoch: int) -> None:
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
     from datamodules import MNISTDataModule
 
@@ -406,16 +466,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     # epoch, so a second callback writes it after every validation (after the best one: it carries its state)
     last_checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", enable_version_counter=False)
     config = {"variant": args.variant, **hparams, **datamodule.hparams}
+    callbacks = [*build_callbacks(args, checkpoint), last_checkpoint]
     trainer = pl.Trainer(
         **hardware,
         max_epochs=args.max_epochs,
         logger=make_logger(args, run_dir, config, resumed_epoch),
-        callbacks=[*build_callbacks(args, checkpoint), last_checkpoint],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         fast_dev_run=args.fast_dev_run,
         log_every_n_steps=args.log_every_n_batches,
-        enable_progress_bar=sys.stderr.isatty(),
+        enable_progress_bar=any(isinstance(callback, ProgressBar) for callback in callbacks),
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path))
     best = checkpoint.best_model_path or None
@@ -425,7 +486,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "split": datamodule.split.summary(),
-        "val": _scalars(trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)),
+        "val": _scalars(without_loggers(trainer, trainer.validate, model, datamodule=datamodule, ckpt_path=best,
+                                        verbose=False)),
     }
     if args.test:
         results["test"] = _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False))
@@ -437,11 +499,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def without_loggers(trainer: pl.Trainer, run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`run(*args, **kwargs)` with the trainer's loggers detached. The best checkpoint's validation metrics were
+    logged at its epoch during training; logging them again would add a second point, at the number of trained
+    epochs, to every logger's validation curves."""
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        return run(*args, **kwargs)
+    finally:
+        trainer.loggers = loggers
+
+
 def _scalars(outputs: list[dict[str, float]]) -> dict[str, float]:
     return {name: float(value) for output in outputs for name, value in output.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_console()
     args = parse_args(argv)
     try:
         train(args)

@@ -16,7 +16,7 @@ grows by three per batch. Schedules and checkpoints therefore count epochs, neve
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -25,52 +25,75 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
-from aae_lightning.errors import UserError
 from aae_lightning.components import Decoder, Discriminator, Encoder
+from aae_lightning.hparams import DeclaredHparams, Either, Ints, OneOf, Range, hparam, non_negative, positive, probability
 from aae_lightning.priors import Prior
 
 IMAGE_DIM = 28 * 28
 RECONSTRUCTION_LOSSES = ("bce", "half_sse")
+OPTIMIZERS = ("adam", "sgd")
 #: the phases that match codes to priors: they share one encoder pass and may have a momentum of their own
 ADVERSARIAL_PHASES = ("regularization", "generator")
 
 
-def hparam(default: Any, help: str) -> Any:
-    """A hyperparameter field; `help` is what `train.py --help` shows for its flag."""
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
+# Each field declares what it accepts (see hparams.py); a learning rate of 0 stays allowed: it switches a phase off.
 @dataclass
-class AutoencoderHparams:
-    hidden_sizes: tuple[int, ...] = hparam((1000, 1000), "hidden layer widths of the encoder (the decoder mirrors them)")
-    latent_dim: int = hparam(2, "width of the continuous code z")
-    dropout: float = hparam(0.0, "dropout before every linear layer of encoder and decoder")
-    input_noise: float = hparam(0.0, "std of Gaussian noise added to the encoder's input while training")
-    optimizer: str = hparam("adam", "adam or sgd (with --momentum), one per phase")
-    momentum: float = hparam(0.9, "SGD momentum, or Adam's beta1")
+class AutoencoderHparams(DeclaredHparams):
+    hidden_sizes: tuple[int, ...] = hparam(
+        (1000, 1000), "hidden layer widths of the encoder (the decoder mirrors them)", accepts=Ints(non_empty=True)
+    )
+    latent_dim: int = hparam(2, "width of the continuous code z", accepts=positive(int))
+    dropout: float = hparam(0.0, "dropout before every linear layer of encoder and decoder", accepts=probability())
+    input_noise: float = hparam(
+        0.0, "std of Gaussian noise added to the encoder's input while training", accepts=non_negative()
+    )
+    optimizer: str = hparam("adam", "adam or sgd, one optimizer per phase, each with --momentum", accepts=OneOf(OPTIMIZERS))
+    momentum: float = hparam(0.9, "SGD momentum, or Adam's beta1", accepts=probability())
     reconstruction_loss: str = hparam(
         "bce",
         "bce: binary cross-entropy averaged over pixels; half_sse: the paper's half squared error of the "
         "sigmoid output, summed over pixels (its SGD learning rates assume this scale)",
+        accepts=OneOf(RECONSTRUCTION_LOSSES),
     )
-    reconstruction_lr: float = hparam(1e-3, "learning rate of the reconstruction phase")
-    lr_milestones: tuple[int, ...] = hparam((), "epochs at which every phase's learning rate is multiplied by --lr-gamma")
-    lr_gamma: float = hparam(0.1, "learning-rate factor applied at each milestone")
-    seed: int = hparam(0, "seeds the prior samples (offset by the DDP rank so ranks differ)")
+    reconstruction_lr: float = hparam(1e-3, "learning rate of the reconstruction phase", accepts=non_negative())
+    init_std: float = hparam(
+        0.0,
+        "std of the N(0, std^2) draw of the weights of every linear layer of encoder, decoder and discriminators "
+        "(biases 0), as the paper's 0.01; 0: PyTorch's default initialisation",
+        accepts=non_negative(),
+    )
+    # milestones beyond --max-epochs are allowed: a run may be resumed with more epochs
+    lr_milestones: tuple[int, ...] = hparam(
+        (), "epochs at which every phase's learning rate is multiplied by --lr-gamma", accepts=Ints(increasing=True)
+    )
+    lr_gamma: float = hparam(0.1, "learning-rate factor applied at each milestone", accepts=positive())
+    # train.py seeds everything with it too, and Lightning's seed_everything takes no other range
+    seed: int = hparam(
+        0, "seeds the prior samples (offset by the DDP rank so ranks differ)", accepts=Range(int, 0, 2**32 - 1)
+    )
 
 
 @dataclass
 class AdversarialHparams(AutoencoderHparams):
-    disc_hidden_sizes: tuple[int, ...] = hparam((1000, 1000), "hidden layer widths of the discriminator(s)")
-    prior_std: float = hparam(5.0, "std of the Gaussian prior on z (the half-width for a uniform one)")
-    regularization_lr: float = hparam(1e-4, "learning rate of the discriminator(s)")
-    generator_lr: float = hparam(1e-4, "learning rate of the encoder in the generator phase")
+    disc_hidden_sizes: tuple[int, ...] = hparam(
+        (1000, 1000), "hidden layer widths of the discriminator(s) (none: a linear discriminator)", accepts=Ints()
+    )
+    prior_std: float = hparam(
+        5.0, "std of the Gaussian prior on z (the half-width for a uniform one)", accepts=positive()
+    )
+    regularization_lr: float = hparam(1e-4, "learning rate of the discriminator(s)", accepts=non_negative())
+    generator_lr: float = hparam(1e-4, "learning rate of the encoder in the generator phase", accepts=non_negative())
+    disc_input_noise: float = hparam(
+        0.0,
+        "std of Gaussian noise added to every input of the discriminators (prior samples and codes alike) in "
+        "both adversarial phases: instance noise, so that a discriminator cannot win on exact one-hot vectors",
+        accepts=non_negative(),
+    )
     adversarial_momentum: float = hparam(
         -1.0,
-        "SGD momentum (Adam's beta1) of the regularization and generator phases; negative: the same as "
+        "SGD momentum (Adam's beta1) of the regularization and generator phases; -1: the same as "
         "--momentum (the paper uses 0.9 for reconstruction and 0.1 for the adversarial networks)",
+        accepts=Either(Range(float, -1, -1), probability()),
     )
 
 
@@ -102,16 +125,16 @@ class AutoencoderBase(pl.LightningModule):
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__()
-        self.config = self.Hparams(**hparams)  # rejects unknown names and fills the defaults
-        if self.config.reconstruction_loss not in RECONSTRUCTION_LOSSES:
-            raise UserError(
-                f"unknown --reconstruction-loss {self.config.reconstruction_loss!r}; choose {' or '.join(RECONSTRUCTION_LOSSES)}"
-            )
+        # rejects unknown names, fills the defaults and checks every value (an HparamError) before anything is built
+        self.config = self.Hparams(**hparams)
         self.save_hyperparameters(dataclasses.asdict(self.config))
         self.automatic_optimization = False
         self.priors: dict[str, Prior] = {}
         self.discriminators = nn.ModuleDict()
         self.build()
+        if self.config.init_std > 0:
+            for network in (self.encoder, self.decoder, self.discriminators):
+                initialise_linear_layers(network, self.config.init_std)
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict(self.make_metrics()) for stage in ("val", "test")})
         self.prior_generator = torch.Generator()
         self._epoch_sums: dict[str, Tensor] = {}  # this epoch's training losses times batch sizes, by name
@@ -188,12 +211,15 @@ class AutoencoderBase(pl.LightningModule):
     def reconstruction_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         images = self.training_images(batch)
         logits = self.decoder(self.decoder_input(self.encoder(images), batch.get("labeled_y")))
+        loss = self.reconstruction_error(logits, images)
+        return loss, {"recon_loss": loss}
+
+    def reconstruction_error(self, logits: Tensor, images: Tensor) -> Tensor:
+        """The training reconstruction loss of a batch, from the decoder's pixel logits."""
         if self.config.reconstruction_loss == "half_sse":
             # per image, then averaged over the batch: with a mean over pixels the paper's rates would be 784x too small
-            loss = 0.5 * (torch.sigmoid(logits) - images).pow(2).sum(dim=1).mean()
-        else:
-            loss = F.binary_cross_entropy_with_logits(logits, images)
-        return loss, {"recon_loss": loss}
+            return 0.5 * (torch.sigmoid(logits) - images).pow(2).sum(dim=1).mean()
+        return F.binary_cross_entropy_with_logits(logits, images)
 
     def regularization_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         # the codes are data here: no gradient may reach the encoder
@@ -203,14 +229,26 @@ class AutoencoderBase(pl.LightningModule):
         for name, discriminator in self.discriminators.items():
             # one pass over reals and fakes together: on a CPU, two passes cost a second set of weight-gradient
             # products and a sum of the two gradients of every layer (measured ~8 % of an aae step)
-            real_logits, fake_logits = discriminator(torch.cat([reals[name], fakes[name]])).tensor_split([len(reals[name])])
+            judged = self.discriminator_input(torch.cat([reals[name], fakes[name]]))
+            real_logits, fake_logits = discriminator(judged).tensor_split([len(reals[name])])
             logs[f"disc_loss_{name}"] = adversarial_loss(real_logits, True) + adversarial_loss(fake_logits, False)
         return sum(logs.values()), logs
 
     def generator_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         fakes = self.adversarial_codes(batch)
-        logs = {f"gen_loss_{name}": adversarial_loss(d(fakes[name]), True) for name, d in self.discriminators.items()}
+        logs = {
+            f"gen_loss_{name}": adversarial_loss(d(self.discriminator_input(fakes[name])), True)
+            for name, d in self.discriminators.items()
+        }
         return sum(logs.values()), logs
+
+    def discriminator_input(self, codes: Tensor) -> Tensor:
+        """What a discriminator judges: the codes, plus instance noise when asked for. Added here rather than by
+        a noise layer in the discriminator, which runs in eval mode during the generator phase (see
+        `_set_train_modes`), so that both adversarial phases see the same noisy distributions."""
+        if self.config.disc_input_noise > 0:
+            return codes + self.config.disc_input_noise * torch.randn_like(codes)
+        return codes
 
     # ----- the skeleton -------------------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -228,9 +266,7 @@ class AutoencoderBase(pl.LightningModule):
         # times the fused one
         if self.config.optimizer == "adam":
             return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), fused=True)
-        if self.config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)
-        raise UserError(f"unknown --optimizer {self.config.optimizer!r}; choose adam or sgd")
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)  # the one other --optimizer allowed
 
     def setup(self, stage: str) -> None:
         # the same --seed on every rank, yet each rank draws its own prior samples
@@ -350,10 +386,22 @@ class AutoencoderBase(pl.LightningModule):
         states = checkpoint.get("aae_rng")
         if states is None:
             return
-        self.prior_generator.set_state(states["prior_generator"])
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        # generators take their states as CPU tensors, and `load_from_checkpoint(map_location="cuda")` hands them
+        # over on the GPU
+        self.prior_generator.set_state(states["prior_generator"].cpu())
+        torch.set_rng_state(states["torch"].cpu())
+        # one state per GPU of the machine that saved it: restore those this machine has too (it may have fewer)
+        for index, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state.cpu(), index)
+
+
+def initialise_linear_layers(module: nn.Module, std: float) -> None:
+    """Every nn.Linear inside `module`: weights drawn from N(0, std^2), biases zero (the paper's scheme)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def adversarial_loss(logits: Tensor, real: bool) -> Tensor:

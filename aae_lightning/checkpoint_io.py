@@ -93,6 +93,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+#: hyperparameters added after checkpoints were first written, with the value that trains as those did: a checkpoint
+#: without one was trained with that value
+ADDED_LATER = {"init_std": 0.0, "disc_input_noise": 0.0, "labeled_reconstruction": False}
+
+
 def check_resumable(
     checkpoint: dict[str, Any], path: str | Path, variant: str, hparams: dict[str, Any], datamodule_hparams: dict[str, Any]
 ) -> None:
@@ -103,8 +108,9 @@ def check_resumable(
             f"{path} is a checkpoint of --variant {checkpoint['aae_variant']}, not {variant}; resume it with "
             f"--variant {checkpoint['aae_variant']}"
         )
-    saved = {**checkpoint["datamodule_hyper_parameters"], **checkpoint["hyper_parameters"]}
     wanted = {**datamodule_hparams, **hparams}
+    added_later = {name: value for name, value in ADDED_LATER.items() if name in wanted}
+    saved = {**added_later, **checkpoint["datamodule_hyper_parameters"], **checkpoint["hyper_parameters"]}
     differing = [
         f"--{FLAG_NAMES.get(name, name).replace('_', '-')} {_shown(saved.get(name))} (now {_shown(wanted.get(name))})"
         for name in sorted(set(saved) | set(wanted))

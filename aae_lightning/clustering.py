@@ -17,19 +17,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from aae_lightning.base import AdversarialHparams, hparam
+from aae_lightning.base import AdversarialHparams
 from aae_lightning.evaluation import ClusterAccuracy
+from aae_lightning.hparams import Flag, Range, hparam, positive, probability
 from aae_lightning.registry import register
 from aae_lightning.semi import CategoricalStyleAAE
 
 
 @dataclass
 class ClusteringHparams(AdversarialHparams):
-    num_clusters: int = hparam(16, "number of clusters K (categories of the code y)")
-    latent_dim: int = hparam(5, "width of the style code z")
-    prior_std: float = hparam(1.0, "std of the Gaussian prior on the style z")
-    input_dropout: float = hparam(0.0, "dropout on the encoder's input only (the paper's clustering model: 0.2)")
-    encoder_batchnorm: bool = hparam(False, "batch normalization after every linear layer of the encoder, heads included")
+    num_clusters: int = hparam(16, "number of clusters K (categories of the code y)", accepts=Range(int, 2))
+    latent_dim: int = hparam(5, "width of the style code z", accepts=positive(int))
+    prior_std: float = hparam(1.0, "std of the Gaussian prior on the style z", accepts=positive())
+    input_dropout: float = hparam(
+        0.0, "dropout on the encoder's input only (the paper's clustering model: 0.2)", accepts=probability()
+    )
+    encoder_batchnorm: bool = hparam(
+        False, "batch normalization after every linear layer of the encoder, heads included", accepts=Flag()
+    )
 
 
 @register("clustering")

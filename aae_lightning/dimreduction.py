@@ -16,16 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aae_lightning.base import AutoencoderBase, hparam
+from aae_lightning.base import AutoencoderBase
+from aae_lightning.hparams import hparam, non_negative, positive, redefault
 from aae_lightning.registry import register
 from aae_lightning.semi import SemiHparams, SemiSupervisedAAE
 
 
 @dataclass
 class DimReductionHparams(SemiHparams):
-    latent_dim: int = hparam(2, "dimension of the representation W_c y + z (and of the style z)")
-    head_distance: float = hparam(5.0, "eta: cluster heads closer than this are pushed apart")
-    head_penalty: float = hparam(1.0, "weight of the cluster-head distance penalty in the reconstruction loss")
+    # semi's recipe, but PyTorch's initialisation, as in the one measured run (docs/dimreduction.md)
+    init_std: float = redefault(SemiHparams, "init_std", 0.0)
+    latent_dim: int = hparam(2, "dimension of the representation W_c y + z (and of the style z)", accepts=positive(int))
+    head_distance: float = hparam(5.0, "eta: cluster heads closer than this are pushed apart", accepts=positive())
+    head_penalty: float = hparam(
+        1.0, "weight of the cluster-head distance penalty in the reconstruction loss", accepts=non_negative()
+    )
 
 
 @register("dimreduction")

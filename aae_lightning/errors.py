@@ -3,3 +3,7 @@
 
 class UserError(ValueError):
     """A bad flag, file or combination of settings. The message is one line and says what to do."""
+
+
+class HparamError(UserError):
+    """A hyperparameter outside what its declaration accepts, or two that do not fit together."""

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from aae_lightning.base import AdversarialHparams, AutoencoderBase, hparam
-from aae_lightning.errors import UserError
+from aae_lightning.base import AdversarialHparams, AutoencoderBase
+from aae_lightning.hparams import Range, hparam, positive
 from aae_lightning.priors import MixtureOfGaussiansPrior
 from aae_lightning.registry import register
 
@@ -31,9 +31,10 @@ UNLABELED = NUM_DIGITS  # the index of the extra label slot
 
 @dataclass
 class LabelRegularizedHparams(AdversarialHparams):
-    mixture_radius: float = hparam(1.4, "distance of each digit's Gaussian from the origin")
-    mixture_radial_std: float = hparam(0.5, "std of each Gaussian along its radius")
-    mixture_tangential_std: float = hparam(0.05, "std of each Gaussian across its radius")
+    latent_dim: int = hparam(2, "width of the code z: the mixture's two dimensions", accepts=Range(int, 2, 2))
+    mixture_radius: float = hparam(1.4, "distance of each digit's Gaussian from the origin", accepts=positive())
+    mixture_radial_std: float = hparam(0.5, "std of each Gaussian along its radius", accepts=positive())
+    mixture_tangential_std: float = hparam(0.05, "std of each Gaussian across its radius", accepts=positive())
 
 
 @register("label_regularized")
@@ -44,8 +45,6 @@ class LabelRegularizedAAE(AutoencoderBase):
     monitor = ("val/acc", "max")
 
     def build(self) -> None:
-        if self.config.latent_dim != 2:
-            raise UserError(f"label_regularized codes are 2-D (the mixture's), but --latent-dim is {self.config.latent_dim}")
         super().build()
         config = self.config
         prior = MixtureOfGaussiansPrior(NUM_DIGITS, config.mixture_radius, config.mixture_radial_std, config.mixture_tangential_std)

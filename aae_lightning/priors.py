@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from aae_lightning.errors import UserError
+from aae_lightning.errors import HparamError, UserError
 
 
 class Prior(ABC):
@@ -122,8 +122,7 @@ def make_prior(name: str, dim: int, std: float = 5.0) -> Prior:
         return GaussianPrior(dim, std)
     if name == "uniform":
         return UniformPrior(dim, -std, std)
-    if name in ("mixture", "swiss_roll") and dim != 2:
-        raise UserError(f"--prior {name} is 2-D only, but --latent-dim is {dim}")
+    check_prior_dim(name, dim)
     if name == "mixture":
         return MixtureOfGaussiansPrior()
     if name == "swiss_roll":
@@ -132,3 +131,11 @@ def make_prior(name: str, dim: int, std: float = 5.0) -> Prior:
 
 
 PRIOR_NAMES = ("gaussian", "mixture", "swiss_roll", "uniform")
+#: the priors that only exist in two dimensions
+TWO_D_PRIORS = ("mixture", "swiss_roll")
+
+
+def check_prior_dim(name: str, dim: int) -> None:
+    """A 2-D-only prior on a code of another width is an `HparamError`."""
+    if name in TWO_D_PRIORS and dim != 2:
+        raise HparamError(f"--prior {name} is 2-D only, but --latent-dim is {dim}")

@@ -13,17 +13,39 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from aae_lightning.base import AdversarialHparams, AutoencoderBase, hparam
+from aae_lightning.base import AdversarialHparams, AutoencoderBase
+from aae_lightning.hparams import Flag, hparam, non_negative, positive, redefault
 from aae_lightning.priors import CategoricalPrior, GaussianPrior
 from aae_lightning.registry import register
 
 
 @dataclass
 class SemiHparams(AdversarialHparams):
-    latent_dim: int = hparam(10, "width of the style code z")
-    prior_std: float = hparam(1.0, "std of the Gaussian prior on the style z")
-    # 1e-4 left 1,000-label validation accuracy at 32 % after 250 Adam batches, where 1e-3 reached 92 %
-    classification_lr: float = hparam(1e-3, "learning rate of the classification phase (cross-entropy on labels)")
+    """The paper's semi-supervised MNIST settings for every label count (Appendix A as recalled, and hard-coded
+    alike by two independent reimplementations: presets/paper-semi-100.yaml). Against the earlier Adam defaults
+    (rates 1e-3, 1e-4, 1e-3 on cross-entropy), 100 labels went from 77-79 % validation accuracy to 88-94 % in 10
+    epochs (docs/semi-supervised.md)."""
+
+    latent_dim: int = hparam(10, "width of the style code z", accepts=positive(int))
+    prior_std: float = hparam(1.0, "std of the Gaussian prior on the style z", accepts=positive())
+    input_noise: float = redefault(AdversarialHparams, "input_noise", 0.3)
+    reconstruction_loss: str = redefault(AdversarialHparams, "reconstruction_loss", "half_sse")
+    optimizer: str = redefault(AdversarialHparams, "optimizer", "sgd")
+    adversarial_momentum: float = redefault(AdversarialHparams, "adversarial_momentum", 0.1)
+    reconstruction_lr: float = redefault(AdversarialHparams, "reconstruction_lr", 0.01)
+    regularization_lr: float = redefault(AdversarialHparams, "regularization_lr", 0.1)
+    generator_lr: float = redefault(AdversarialHparams, "generator_lr", 0.1)
+    classification_lr: float = hparam(
+        0.1, "learning rate of the classification phase (cross-entropy on labels)", accepts=non_negative()
+    )
+    init_std: float = redefault(AdversarialHparams, "init_std", 0.01)
+    lr_milestones: tuple[int, ...] = redefault(AdversarialHparams, "lr_milestones", (50, 1000))
+    labeled_reconstruction: bool = hparam(
+        False,
+        "the reconstruction phase also rebuilds the labeled batch from its true one-hot label and its style z "
+        "(as musyoku's semi-supervised model does), so labels shape the decoder too",
+        accepts=Flag(),
+    )
 
 
 class CategoricalStyleAAE(AutoencoderBase):
@@ -63,6 +85,16 @@ class SemiSupervisedAAE(CategoricalStyleAAE):
 
     def make_metrics(self) -> dict[str, Metric]:
         return {**super().make_metrics(), "acc": MulticlassAccuracy(self.num_classes, average="micro")}
+
+    def reconstruction_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logs = super().reconstruction_phase(batch)
+        if self.config.labeled_reconstruction:
+            images = batch["labeled_x"]
+            styles = {"z": self.encoder(images)["z"]}  # no "y": decoder_input takes the true label's one-hot
+            labeled_loss = self.reconstruction_error(self.decoder(self.decoder_input(styles, batch["labeled_y"])), images)
+            loss = loss + labeled_loss
+            logs["labeled_recon_loss"] = labeled_loss
+        return loss, logs
 
     def classification_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         loss = F.cross_entropy(self.encoder(batch["labeled_x"])["y"], batch["labeled_y"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -37,13 +37,13 @@ class ConfusionMatrix(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.matrix: MulticlassConfusionMatrix | None = None
         self.classes = 0
-        self._warned = False
+        self._told = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not callable(getattr(pl_module, "classify", None)):
-            if not self._warned:
-                rank_zero_warn(f"ConfusionMatrix draws nothing: {type(pl_module).__name__} has no classify")
-                self._warned = True
+            if not self._told:
+                rank_zero_info(f"ConfusionMatrix draws nothing: {type(pl_module).__name__} has no classify")
+                self._told = True
             self.matrix = None
             return
         self.classes = getattr(pl_module, "num_classes", 0) or DIGITS

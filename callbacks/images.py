@@ -6,8 +6,8 @@ fixed inputs: the validation images it shows and the noise it decodes are drawn 
 `torch.Generator` seeded with `seed` afresh every time, so the same inputs appear at every epoch, before and
 after a resume, and the global random stream that training draws from is never touched.
 
-A callback says in its docstring what it needs of the module; on a variant that lacks it, it warns once and
-draws nothing.
+A callback says in its docstring what it needs of the module; on a variant that lacks it, it draws nothing and
+says so once, in one line on the console (Lightning's info log, not a warning: nothing is wrong with the run).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import ClassVar, Iterator
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from callbacks.publish import image_due, publish
@@ -54,7 +54,7 @@ class EpochImageCallback(pl.Callback):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}")
         self.every_n_epochs, self.seed = every_n_epochs, seed
-        self._warned = False
+        self._told = False
 
     # ----- what a subclass describes ------------------------------------------------------------------------
     def missing(self, pl_module: pl.LightningModule) -> str | None:
@@ -82,9 +82,9 @@ class EpochImageCallback(pl.Callback):
             return
         reason = self.unsupported(trainer, pl_module)
         if reason is not None:
-            if not self._warned:
-                rank_zero_warn(f"{type(self).__name__} draws nothing: {reason}")
-                self._warned = True
+            if not self._told:
+                rank_zero_info(f"{type(self).__name__} draws nothing: {reason}")
+                self._told = True
             return
         with evaluation_mode(pl_module), torch.no_grad():
             image, caption = self.draw(trainer, pl_module)

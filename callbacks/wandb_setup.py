@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import netrc
 import os
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytorch_lightning as pl
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
+
+from aae_lightning.errors import UserError
 
 WANDB_HOST = "api.wandb.ai"
 #: the key Lightning adds to every row it logs; the x-axis of per-epoch charts
@@ -31,6 +34,9 @@ def make_wandb_logger(project: str, name: str, save_dir: Path, config: dict[str,
     """Online when W&B credentials exist and `WANDB_MODE` does not say otherwise; offline otherwise, with a hint
     on how to upload the run later. With `run_id`, logs into that W&B run if it exists (a resumed run; offline
     pieces of one run are uploaded into it by `wandb sync`), and starts it under that id if not."""
+    if importlib.util.find_spec("wandb") is None:  # an optional dependency: the project's [wandb] extra
+        raise UserError("--logger wandb needs the wandb package (pip install wandb); or choose --logger csv, "
+                        "tensorboard or none")
     save_dir.mkdir(parents=True, exist_ok=True)
     # Each training process owns its W&B service. One inherited from a parent process that used wandb (a notebook,
     # a test runner) would own this run instead: it would still hold the id of a killed run being resumed ("run ID
@@ -57,8 +63,12 @@ def _logger(project: str, name: str, save_dir: Path, mode: str, run_id: str | No
 
     # a bounded start-up wait: without it an unreachable server can stall the run for minutes
     settings = wandb.Settings(init_timeout=30, silent=True)
-    return WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=mode == "offline", mode=mode,
-                       settings=settings, id=run_id, resume="allow")
+    logger = WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=mode == "offline", mode=mode,
+                         settings=settings, id=run_id, resume="allow")
+    # Lightning passes `anonymous` to wandb.init whatever it is given (None here), and wandb 0.31 warns on every
+    # run that the setting has no effect; left out, wandb.init never sees it
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def is_per_epoch(key: str) -> bool:

@@ -2,7 +2,10 @@
 
 Batches are cut from that tensor by index: going through torchvision's per-sample PIL conversion costs more
 than the model itself on a CPU. The module also shards its own batches across DDP ranks (see `_EpochBatches`),
-so it never depends on Lightning injecting a `DistributedSampler`.
+so it never depends on Lightning injecting a `DistributedSampler`. Its loaders are plain sized iterables of whole
+batches, not `DataLoader`s: there is no work for worker processes, so nothing for Lightning to check or warn about
+(a `DataLoader` over a sized `IterableDataset` draws its warning that workers could make the length wrong), and
+starting an epoch draws from no random generator.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from typing import Callable, Iterator, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
 
 from aae_lightning.errors import UserError
 
@@ -162,7 +164,7 @@ def _shard(global_batch: Tensor, rank: int, world_size: int) -> Tensor:
     return global_batch[rank * per_rank : (rank + 1) * per_rank]
 
 
-class _EpochBatches(IterableDataset):
+class _EpochBatches:
     """This rank's share of each training batch of one epoch.
 
     Every rank draws the same global batches (an epoch-seeded permutation) and keeps its own slice, so training
@@ -220,7 +222,7 @@ class _EpochBatches(IterableDataset):
             yield batch
 
 
-class _EvalBatches(IterableDataset):
+class _EvalBatches:
     """This rank's contiguous, unpadded share of an evaluation split, so that metrics summed over ranks count
     every image exactly once (a `DistributedSampler` would pad with duplicates)."""
 
@@ -236,12 +238,6 @@ class _EvalBatches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, len(self.images), self.batch_size):
             yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
-
-
-def _loader(dataset: IterableDataset) -> DataLoader:
-    # batch_size=None: the dataset yields whole batches. A private generator, because every new iterator
-    # draws a seed from it, and drawing from the global RNG would shift a resumed run's random stream.
-    return DataLoader(dataset, batch_size=None, generator=torch.Generator())
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -312,12 +308,12 @@ class MNISTDataModule(pl.LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> _EpochBatches:
         images, labels = self._train
         streams = {"unlabeled": self.split.unlabeled, "labeled": self.split.labeled}
         sizes = {"unlabeled": self.hparams.batch_size, "labeled": self.labeled_batch_size}
         wanted = self.hparams.train_streams
-        dataset = _EpochBatches(
+        return _EpochBatches(
             images,
             labels,
             streams={name: streams[name] for name in wanted},
@@ -327,17 +323,16 @@ class MNISTDataModule(pl.LightningDataModule):
             rank=self._rank(),
             world_size=self._world_size(),
         )
-        return _loader(dataset)
 
-    def _eval_loader(self, images: Tensor, labels: Tensor) -> DataLoader:
+    def _eval_loader(self, images: Tensor, labels: Tensor) -> _EvalBatches:
         per_rank_batch = max(1, self.hparams.batch_size // self._world_size())
-        return _loader(_EvalBatches(images, labels, per_rank_batch, self._rank(), self._world_size()))
+        return _EvalBatches(images, labels, per_rank_batch, self._rank(), self._world_size())
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> _EvalBatches:
         images, labels = self.validation_data()
         return self._eval_loader(images, labels)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> _EvalBatches:
         return self._eval_loader(*self._test)
 
     def validation_data(self) -> tuple[Tensor, Tensor]:

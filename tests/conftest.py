@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny MNIST files written by the tests, and the real MNIST for the learning checks."""
+"""Shared fixtures: tiny MNIST files written by the tests, the real MNIST for the learning checks, and the devices
+that device-dependent tests run on."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IDX_TYPE_UBYTE = 0x08
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                        reason="no CUDA device")])
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -52,6 +56,15 @@ def mnist_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# module-scoped, not session-scoped: module fixtures can build on it, and pytest's grouping of the tests by device
+# stays within each module instead of moving tests across modules
+@pytest.fixture(scope="module", params=["cpu", CUDA])
+def device(request: pytest.FixtureRequest) -> str:
+    """The device a test whose behaviour could depend on it runs on: the CPU, and CUDA where there is one (skipped
+    elsewhere). `pytest -m cuda` selects the CUDA cases: benchmarks/gpu_check.sh runs them."""
+    return request.param
 
 
 @pytest.fixture(autouse=True)

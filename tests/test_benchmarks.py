@@ -1,8 +1,12 @@
-"""The README's benchmark commands still run and print the table the README quotes (no timing is asserted)."""
+"""The README's benchmark commands still run and print the table the README quotes (no timing is asserted), and the
+GPU check refuses a machine without CUDA in one line."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -43,3 +47,44 @@ def test_throughput_prints_one_consistent_row_per_variant(mnist_dir: Path, capsy
         assert ratios[0] == pytest.approx(lightning / plain, abs=0.01)
         assert ratios[2] == pytest.approx(bare / plain, abs=0.01)
         assert ratios[3] == pytest.approx(lightning / bare, abs=0.01)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+
+
+@NO_CUDA
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_throughput_on_a_gpu_without_one_is_one_line_and_exit_2(accelerator: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        load_benchmark("throughput").main(["--accelerator", accelerator])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--accelerator {accelerator} needs a CUDA device" in error, error
+
+
+@NO_CUDA
+def test_gpu_check_without_cuda_is_one_line_and_exit_2() -> None:
+    result = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "gpu_check.sh needs a CUDA device; torch.cuda.is_available() is False here\n"
+    assert result.stdout == ""
+
+
+def test_plot_curves_draws_validation_error_and_writes_each_runs_curve(tmp_path: Path) -> None:
+    plot_curves = load_benchmark("plot_curves")
+    run = tmp_path / "semi-100"
+    run.mkdir()
+    # as train.py's CSV logger writes it: training means and validation in separate rows, and (runs written before
+    # train.py stopped logging it) the best checkpoint's final validation again, at the number of trained epochs
+    (run / "metrics.csv").write_text(
+        "epoch,step,train/recon_loss_epoch,val/acc\n"
+        "0,99,,0.5\n0,99,30.0,\n1,199,,0.75\n1,199,25.0,\n2,299,,0.7\n2,299,24.0,\n3,299,,0.75\n"
+    )
+    out = tmp_path / "curves.png"
+    plot_curves.main(["--run", f"100={run}", "--out", str(out), "--csv-dir", str(tmp_path / "results")])
+    assert 0 < out.stat().st_size < 300_000
+    assert (tmp_path / "results" / "semi-100.csv").read_text().split() == [
+        "epoch,val_acc", "0,0.5000", "1,0.7500", "2,0.7000",
+    ]

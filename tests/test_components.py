@@ -1,4 +1,5 @@
-"""The networks, priors and the adversarial loss on their own, without any training."""
+"""The networks, priors and the adversarial loss on their own, without any training; and the prior samples a module
+on a device (conftest.py's `device`) hands its discriminators."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from aae_lightning import VARIANTS, get_variant
 from aae_lightning.base import adversarial_loss
 from aae_lightning.components import Decoder, Discriminator, Encoder, mlp
 from aae_lightning.priors import (
@@ -95,6 +97,29 @@ def test_a_seeded_generator_makes_sampling_reproducible(prior: Prior) -> None:
     other = prior.sample(64, generator=torch.Generator().manual_seed(8))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+#: every variant with a prior: all but the plain autoencoder
+ADVERSARIAL_VARIANTS = sorted(set(VARIANTS) - {"ae"})
+
+
+@pytest.mark.parametrize("variant", ADVERSARIAL_VARIANTS)
+def test_a_modules_prior_samples_reach_its_device_and_do_not_depend_on_it(variant: str, device: str) -> None:
+    """Priors sample on the CPU from the module's generator, so a run draws the same samples on any device; the
+    module moves them to the codes' device (the label-regularized one pairs them with the batch's labels)."""
+    batch = {"x": torch.rand(6, 784), "labeled_x": torch.rand(4, 784), "labeled_y": torch.arange(4)}
+
+    def samples_on(where: str) -> dict[str, torch.Tensor]:
+        model = get_variant(variant)(hidden_sizes=(16,), disc_hidden_sizes=(8,)).to(where)
+        model.prior_generator.manual_seed(9)
+        moved = {name: value.to(where) for name, value in batch.items()}
+        return model.prior_samples(moved, model.regularized_codes(moved))
+
+    on_device, on_cpu = samples_on(device), samples_on("cpu")
+    assert on_device.keys() == on_cpu.keys() and on_device
+    for name, samples in on_device.items():
+        assert samples.device.type == device, name
+        assert torch.equal(samples.cpu(), on_cpu[name]), name
 
 
 def test_make_prior_rejects_bad_combinations() -> None:

@@ -68,7 +68,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_mnist_dir:
 
 def test_validation_metrics_identical_on_one_and_two_processes(tiny_mnist_dir: Path, tmp_path: Path) -> None:
     """An odd validation size (99) leaves the ranks unequal shares: nothing may be padded or counted twice.
-    Also: only rank 0 writes the checkpoints and the results."""
+    Also: only rank 0 writes the checkpoints, the results and the progress lines."""
     results_file = tmp_path / "results.json"
     process = run(["train.py", "--variant", "semi", "--data-dir", str(tiny_mnist_dir), "--val-size", "99",
                    "--labels", "100", "--batch-size", "50", "--max-epochs", "2", "--accelerator", "cpu",
@@ -76,6 +76,8 @@ def test_validation_metrics_identical_on_one_and_two_processes(tiny_mnist_dir: P
                    "--disc-hidden-sizes", "32", "--output-dir", str(tmp_path / "runs"), "--run-name", "ddp",
                    "--results-json", str(results_file)])
     assert process.stdout.count('"best_checkpoint"') == 1  # the results are printed (and written) by rank 0 only
+    assert [line.split(" | ")[0] for line in process.stdout.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1/2", "epoch 2/2"]
     results = json.loads(results_file.read_text())
     checkpoints = sorted(path.name for path in (tmp_path / "runs" / "ddp" / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints, checkpoints

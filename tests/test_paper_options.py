@@ -3,6 +3,8 @@ own for the adversarial phases; and the presets that reproduce Table 2."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -37,23 +39,23 @@ def test_adversarial_momentum_applies_to_the_adversarial_phases_only(variant: st
     assert phase_momenta(model) == {phase: 0.1 if phase in ADVERSARIAL_PHASES else 0.9 for phase in model.phases}
 
 
-def test_a_negative_adversarial_momentum_means_the_common_one() -> None:
-    model = tiny("semi", optimizer="sgd", momentum=0.7)
+def test_an_adversarial_momentum_of_minus_one_means_the_common_one() -> None:
+    model = tiny("semi", optimizer="sgd", momentum=0.7, adversarial_momentum=-1)
     assert set(phase_momenta(model).values()) == {0.7}
 
 
 @pytest.mark.parametrize("variant", ["ae", "clustering", "semi"])
 def test_half_sse_is_half_the_squared_error_of_the_sigmoid_output_summed_over_pixels(variant: str) -> None:
     torch.manual_seed(0)
-    model = tiny(variant, reconstruction_loss="half_sse")
+    model = tiny(variant, reconstruction_loss="half_sse", input_noise=0.0)
     images = torch.rand(5, 784)
     loss, logs = model.reconstruction_phase({"x": images})
-    model.eval()  # no input noise: the same reconstruction as the loss saw (the tiny model has none anyway)
+    model.eval()
     expected = 0.5 * ((model.reconstruct(images) - images) ** 2).sum(dim=1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert logs["recon_loss"] is loss
     # per image, not per pixel: the scale the paper's SGD learning rates were chosen for
-    bce, _ = tiny(variant).reconstruction_phase({"x": images})
+    bce, _ = tiny(variant, reconstruction_loss="bce", input_noise=0.0).reconstruction_phase({"x": images})
     assert loss.item() > 10 * bce.item()
 
 
@@ -63,11 +65,17 @@ def test_an_unknown_reconstruction_loss_is_a_user_error(variant: str) -> None:
         tiny(variant, reconstruction_loss="l1")
 
 
-@pytest.mark.parametrize("preset", ["paper-semi-100", "paper-semi-1000", "fast-semi-100", "fast-semi-1000"])
+@pytest.mark.parametrize("preset", [f"{schedule}-semi-{labels}" for schedule in ("paper", "fast")
+                                    for labels in ("100", "1000", "all")])
 def test_semi_presets_build_the_papers_model(preset: str) -> None:
     args = train.parse_args(["--preset", preset])
     model = get_variant(args.variant)(**train.model_hparams(args))
-    assert args.variant == "semi" and args.labels == int(preset.rsplit("-", 1)[1])
+    assert args.variant == "semi" and args.labels == train.label_count(preset.rsplit("-", 1)[1])
+    defaults = get_variant("semi").Hparams()
+    # one recipe: a preset differs from semi's defaults at most in its schedule
+    assert {name for name in dataclasses.asdict(defaults)
+            if getattr(model.config, name) != getattr(defaults, name)} <= {"lr_milestones"}
+    assert model.config.init_std == 0.01
     assert phase_momenta(model) == {
         "reconstruction": 0.9, "regularization": 0.1, "generator": 0.1, "classification": 0.9,
     }
@@ -76,3 +84,65 @@ def test_semi_presets_build_the_papers_model(preset: str) -> None:
     assert [group["lr"] for optimizer in model.configure_optimizers() for group in optimizer.param_groups] == [
         0.01, 0.1, 0.1, 0.1,
     ]
+
+
+def linear_layers(*networks: torch.nn.Module) -> list[torch.nn.Linear]:
+    return [layer for network in networks for layer in network.modules() if isinstance(layer, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("variant", ["ae", "aae", "semi", "dimreduction"])
+def test_init_std_draws_every_network_weight_from_the_papers_gaussian(variant: str) -> None:
+    torch.manual_seed(0)
+    model = tiny(variant, init_std=0.05)
+    layers = linear_layers(model.encoder, model.decoder, *model.discriminators.values())
+    weights = torch.cat([layer.weight.flatten() for layer in layers])
+    assert weights.std().item() == pytest.approx(0.05, rel=0.05) and abs(weights.mean().item()) < 0.005
+    assert not any(layer.bias.any() for layer in layers)
+    if variant == "dimreduction":  # the cluster heads keep their own spread (--head-distance), not the networks'
+        assert model.cluster_heads.weight.std().item() > 1
+
+
+def test_init_std_zero_keeps_pytorchs_initialisation() -> None:
+    torch.manual_seed(0)
+    default = tiny("semi", init_std=0.0)
+    torch.manual_seed(0)
+    paper = tiny("semi", init_std=0.01)
+    assert all(layer.bias.any() for layer in linear_layers(default.encoder, default.decoder))
+    assert default.encoder.trunk[-2].weight.std() > 3 * paper.encoder.trunk[-2].weight.std()
+
+
+def discriminator_inputs(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Records what the discriminators are given, call by call."""
+    seen: list[torch.Tensor] = []
+    for discriminator in model.discriminators.values():
+        discriminator.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    return seen
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_disc_input_noise_reaches_both_adversarial_phases(noise: float) -> None:
+    torch.manual_seed(0)
+    model = tiny("aae", disc_input_noise=noise)
+    seen = discriminator_inputs(model)
+    batch = {"x": torch.rand(6, 784)}
+    codes = model.adversarial_codes(batch)["z"].detach()
+    model.regularization_phase(batch)
+    model.generator_phase(batch)
+    judged_fakes, generated = seen[0][len(codes):], seen[1]  # regularization: reals then fakes, in one pass
+    for judged in (judged_fakes, generated):
+        spread = (judged - codes).std().item()
+        assert spread == pytest.approx(noise, rel=0.5) if noise else spread == 0
+
+
+def test_labeled_reconstruction_decodes_the_labeled_batch_from_its_true_label() -> None:
+    torch.manual_seed(0)
+    model = tiny("semi", labeled_reconstruction=True, input_noise=0.0)
+    labels = torch.arange(4)
+    batch = {"x": torch.rand(4, 784), "labeled_x": torch.rand(4, 784), "labeled_y": labels}
+    loss, logs = model.reconstruction_phase(batch)
+    styles = model.encoder(batch["labeled_x"])["z"]
+    decoded = model.decoder(torch.cat([torch.nn.functional.one_hot(labels, 10).float(), styles], dim=1))
+    expected = model.reconstruction_error(decoded, batch["labeled_x"])
+    assert logs["labeled_recon_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(logs["recon_loss"].item() + expected.item(), rel=1e-6)
+    assert "labeled_recon_loss" not in tiny("semi").reconstruction_phase(batch)[1]

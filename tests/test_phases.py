@@ -2,7 +2,8 @@
 
 Optimizer step hooks (`register_step_pre_hook` / `register_step_post_hook`, torch's own API) see each phase's
 step from the inside: which parameters it changed, which gradients its backward pass wrote, and which networks
-were in training mode. Nothing is mocked: the hooks observe the very optimizers Lightning configured.
+were in training mode. Nothing is mocked: the hooks observe the very optimizers Lightning configured. The phase
+records and the NaN stops are checked on every `device` (conftest.py): the CPU, and CUDA where there is one.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def tiny_datamodule(data_dir: Path, model: AutoencoderBase) -> MNISTDataModule:
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+    # on the CPU: Lightning moves the module back there when fitting ends, by an exception too, and the snapshots
+    # taken on the device during training are compared with it
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()}
 
 
 def changed(before: dict[str, Tensor], after: dict[str, Tensor]) -> set[str]:
@@ -119,11 +122,11 @@ BATCHES = 2
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
-def run(request: pytest.FixtureRequest, tiny_mnist_dir: Path) -> Run:
+def run(request: pytest.FixtureRequest, device: str, tiny_mnist_dir: Path) -> Run:
     torch.manual_seed(0)
     model = small_model(request.param)
     recorder = PhaseRecorder()
-    trainer = make_trainer(BATCHES, callbacks=[recorder])
+    trainer = make_trainer(BATCHES, callbacks=[recorder], accelerator=device)
     trainer.fit(model, tiny_datamodule(tiny_mnist_dir, model))
     return Run(model, trainer, recorder)
 
@@ -220,21 +223,21 @@ def assert_unchanged(before: dict[str, Tensor], model: torch.nn.Module, prefix: 
 
 
 @pytest.mark.parametrize("variant", PAPER_VARIANTS)
-def test_a_nan_loss_stops_training_before_any_parameter_moves(variant: str, tiny_mnist_dir: Path) -> None:
+def test_a_nan_loss_stops_training_before_any_parameter_moves(variant: str, device: str, tiny_mnist_dir: Path) -> None:
     model = small_model(variant)
     last_layer = [name for name, _ in model.decoder.named_parameters()][-1]
     injector = InjectNaN(f"decoder.{last_layer}", batch=2)
     with pytest.raises(NonFiniteLossError, match=r"^reconstruction loss is nan at epoch 0, batch 2;"):
-        make_trainer(4, callbacks=[injector]).fit(model, tiny_datamodule(tiny_mnist_dir, model))
+        make_trainer(4, callbacks=[injector], accelerator=device).fit(model, tiny_datamodule(tiny_mnist_dir, model))
     assert injector.at_injection, "the NaN was never injected"
     assert_unchanged(injector.at_injection, model)
 
 
-def test_a_nan_in_a_later_phase_leaves_that_phase_untouched(tiny_mnist_dir: Path) -> None:
+def test_a_nan_in_a_later_phase_leaves_that_phase_untouched(device: str, tiny_mnist_dir: Path) -> None:
     model = small_model("aae")
     injector = InjectNaN("discriminators.z.net.0.bias", batch=1)
     with pytest.raises(NonFiniteLossError, match=r"^regularization loss is nan at epoch 0, batch 1;"):
-        make_trainer(4, callbacks=[injector]).fit(model, tiny_datamodule(tiny_mnist_dir, model))
+        make_trainer(4, callbacks=[injector], accelerator=device).fit(model, tiny_datamodule(tiny_mnist_dir, model))
     # reconstruction ran before the NaN phase; the discriminator, whose loss was NaN, never stepped
     assert_unchanged(injector.at_injection, model, prefix="discriminators.")
     assert changed(injector.at_injection, snapshot(model)) & {n for n, _ in model.decoder.named_parameters(prefix="decoder")}

@@ -5,7 +5,8 @@ depends on: a checkpoint write that fails or is killed halfway leaves the previo
 
 The runs are real `python train.py` processes on tiny data with small networks. Dropout and input noise are on,
 so training draws from the global random stream, and images are drawn every epoch, so a callback that touched
-that stream would show up as a difference.
+that stream would show up as a difference. The resume, and a checkpoint's round trip through save and load, are
+checked on every `device` (conftest.py): the CPU, and CUDA where there is one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +27,18 @@ import pytest
 import torch
 
 import train
-from aae_lightning.checkpoint_io import AtomicCheckpointIO, temporary_path
+from aae_lightning import get_variant
+from aae_lightning.checkpoint_io import ADDED_LATER, AtomicCheckpointIO, check_resumable, load_trained, temporary_path
+from aae_lightning.errors import UserError
+from datamodules.mnist import MNISTDataModule
+from trainers import gpus_flag, make_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5
 #: killed once the checkpoint of this epoch is on disk (the second epoch), well before the last one
 KILL_AFTER_EPOCH = 1
 RUN = [
-    "--variant", "semi", "--labels", "100", "--val-size", "100", "--batch-size", "20", "--gpus", "0",
+    "--variant", "semi", "--labels", "100", "--val-size", "100", "--batch-size", "20",
     "--hidden-sizes", "64", "64", "--disc-hidden-sizes", "32", "--dropout", "0.1", "--input-noise", "0.1",
     "--image-every-n-epochs", "1", "--max-epochs", str(EPOCHS), "--seed", "3",
 ]
@@ -45,13 +51,14 @@ class TrainProcess:
     log: Path
 
 
-def train_process(data_dir: Path, output_dir: Path, run_name: str, *extra: str) -> TrainProcess:
-    """`python train.py` on tiny data with the flags of `RUN`."""
+def train_process(data_dir: Path, output_dir: Path, run_name: str, device: str, *extra: str) -> TrainProcess:
+    """`python train.py` on tiny data with the flags of `RUN`, on `device`."""
     # one thread each: on a shared two-core machine torch's default thread pool spins and runs several times slower
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("AAE_RUN_NAME", None)
-    argv = [sys.executable, str(REPO_ROOT / "train.py"), *RUN, "--data-dir", str(data_dir), "--output-dir",
-            str(output_dir), "--run-name", run_name, "--results-json", str(output_dir / f"{run_name}.json"), *extra]
+    argv = [sys.executable, str(REPO_ROOT / "train.py"), *RUN, *gpus_flag(device), "--data-dir", str(data_dir),
+            "--output-dir", str(output_dir), "--run-name", run_name,
+            "--results-json", str(output_dir / f"{run_name}.json"), *extra]
     with (output_dir / f"{run_name}-{time.monotonic_ns()}.log").open("w") as log:
         return TrainProcess(subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
                             Path(log.name))
@@ -81,17 +88,19 @@ def finish(run: TrainProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """An uninterrupted run (CSV logger) and, side by side, the same run (W&B offline) killed after its second
-    epoch and then resumed with `--ckpt-path last`."""
+def runs(device: str, tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """An uninterrupted run (CSV logger) and, side by side, the same run (W&B offline on the CPU) killed after its
+    second epoch and then resumed with `--ckpt-path last`."""
     output = tmp_path_factory.mktemp("resume")
-    whole = train_process(tiny_mnist_dir, output, "whole", "--logger", "csv")
-    killed = train_process(tiny_mnist_dir, output, "killed", "--logger", "wandb")
+    # W&B is optional where the CUDA checks run (benchmarks/gpu_check.sh); what it logs does not depend on the device
+    logger = "wandb" if device == "cpu" else "csv"
+    whole = train_process(tiny_mnist_dir, output, "whole", device, "--logger", "csv")
+    killed = train_process(tiny_mnist_dir, output, "killed", device, "--logger", logger)
     try:
         killed_at = kill_after_checkpoint(killed, output / "killed" / "checkpoints" / "last.ckpt", KILL_AFTER_EPOCH)
         assert killed.process.returncode == -signal.SIGKILL
         assert not (output / "killed.json").exists()
-        resumed = train_process(tiny_mnist_dir, output, "killed", "--logger", "wandb", "--ckpt-path", "last")
+        resumed = train_process(tiny_mnist_dir, output, "killed", device, "--logger", logger, "--ckpt-path", "last")
         finish(resumed)
         finish(whole)
     finally:
@@ -99,7 +108,7 @@ def runs(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
             if run.process.poll() is None:
                 run.process.kill()
                 run.process.wait()
-    return {"output": output, "killed_at": killed_at}
+    return {"output": output, "killed_at": killed_at, "logger": logger}
 
 
 def load(run_dir: Path, name: str = "last.ckpt") -> dict:
@@ -148,12 +157,15 @@ def test_resumed_run_reports_the_same_metrics_and_best_checkpoint(runs: dict[str
     assert Path(resumed["best_checkpoint"]).parent == output / "killed" / "checkpoints"
     # the best checkpoint the resumed run kept is the one the uninterrupted run kept, byte for byte in its weights
     assert_same_tensors(load(output / "whole", Path(whole["best_checkpoint"]).name)["state_dict"],
-                        torch.load(resumed["best_checkpoint"], weights_only=False)["state_dict"], "best state_dict")
+                        torch.load(resumed["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"],
+                        "best state_dict")
     assert sorted(p.name for p in (output / "killed" / "checkpoints").iterdir()) == sorted(
         p.name for p in (output / "whole" / "checkpoints").iterdir())
 
 
 def test_resumed_run_logs_into_the_same_wandb_run(runs: dict[str, object]) -> None:
+    if runs["logger"] != "wandb":
+        pytest.skip("the CUDA runs log to CSV; the W&B run is checked on the CPU")
     run_dir = runs["output"] / "killed"
     run_id = (run_dir / train.WANDB_RUN_ID_FILE).read_text().strip()
     pieces = sorted((run_dir / "wandb").glob("offline-run-*"))
@@ -192,6 +204,37 @@ def test_csv_history_survives_a_resume(tiny_mnist_dir: Path, tmp_path: Path, mon
     # one training mean per epoch: epoch 0 from the first process, epoch 1 from the resumed one, no repeats
     assert [int(row["epoch"]) for row in rows if row.get("train/recon_loss_epoch")] == [0, 1]
     assert [int(row["epoch"]) for row in rows] == sorted(int(row["epoch"]) for row in rows)
+
+
+def test_a_checkpoint_loads_back_onto_its_device_and_onto_the_cpu(device: str, tiny_mnist_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """Weights, prior generator and outputs of a model trained on `device` come back from its checkpoint: onto that
+    device (`load_from_checkpoint` with `map_location`), and onto the CPU (`load_trained`, where the notebooks and
+    evaluate.py start)."""
+    model = get_variant("semi")(hidden_sizes=(32,), disc_hidden_sizes=(16,), dropout=0.1)
+    datamodule = MNISTDataModule(str(tiny_mnist_dir), num_labels=100, val_size=100, batch_size=50, download=False,
+                                 train_streams=model.train_streams)
+    trainer = make_trainer(2, accelerator=device)
+    trainer.fit(model, datamodule)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    generator_state = model.prior_generator.get_state()
+    model.to(device).eval()  # Lightning moved it back to the CPU when fitting ended
+    images = datamodule.validation_data()[0][:20].to(device)
+    expected = model.reconstruct(images)
+
+    again = type(model).load_from_checkpoint(path, map_location=device, weights_only=False).eval()
+    assert again.device.type == device
+    assert_same_tensors(model.state_dict(), again.state_dict(), "state_dict")
+    assert torch.equal(again.prior_generator.get_state(), generator_state)
+    assert torch.equal(again.reconstruct(images), expected)
+
+    on_cpu, _ = load_trained(path)
+    assert on_cpu.device.type == "cpu"
+    assert_same_tensors(model.cpu().state_dict(), on_cpu.state_dict(), "state_dict on the CPU")
+    assert torch.equal(on_cpu.prior_generator.get_state(), generator_state)
+    # the same weights; the arithmetic of another device may round differently
+    assert torch.allclose(on_cpu.reconstruct(images.cpu()), expected.cpu(), atol=1e-5)
 
 
 # ----- faults: checkpoint writes that fail or are killed ---------------------------------------------------------
@@ -253,3 +296,12 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path) ->
     io.save_checkpoint({"epoch": 2}, path)  # the next write of the same checkpoint sweeps the leftover away
     assert [p.name for p in tmp_path.iterdir() if p != marker] == ["last.ckpt"]
     assert io.load_checkpoint(path)["epoch"] == 2
+
+
+def test_a_checkpoint_older_than_a_hyperparameter_resumes_with_the_value_it_was_trained_with() -> None:
+    hparams = dataclasses.asdict(get_variant("semi").Hparams(init_std=0.0))
+    older = {name: value for name, value in hparams.items() if name not in ADDED_LATER}
+    checkpoint = {"aae_variant": "semi", "hyper_parameters": older, "datamodule_hyper_parameters": {}}
+    check_resumable(checkpoint, "old.ckpt", "semi", hparams, {})
+    with pytest.raises(UserError, match="--init-std 0.0 \\(now 0.01\\)"):
+        check_resumable(checkpoint, "old.ckpt", "semi", {**hparams, "init_std": 0.01}, {})

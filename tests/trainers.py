@@ -1,5 +1,6 @@
-"""The quiet single-process CPU trainer the in-process tests fit with: no logger, checkpoints, progress bar,
-model summary or validation, so a test times and sees nothing but training."""
+"""How the tests train. In process: a quiet single-device trainer, on the CPU unless a test says otherwise, with no
+logger, checkpoints, progress bar, model summary or validation, so a test times and sees nothing but training.
+Through train.py: the flag that puts a run on a test's device."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ def make_trainer(batches: int | None, epochs: int = 1, callbacks: list[pl.Callba
     """A trainer for `epochs` epochs of `batches` batches each (None: whole epochs); `kwargs` override any setting."""
     settings: dict[str, Any] = dict(
         accelerator="cpu",
+        devices=1,  # "auto" would be every GPU of the machine, and DDP
         max_epochs=epochs,
         limit_train_batches=batches,
         limit_val_batches=0,
@@ -23,3 +25,8 @@ def make_trainer(batches: int | None, epochs: int = 1, callbacks: list[pl.Callba
         callbacks=callbacks or [],
     )
     return pl.Trainer(**{**settings, **kwargs})
+
+
+def gpus_flag(device: str) -> list[str]:
+    """train.py's flag for a test's `device` ("cpu" or "cuda"), as a user asks for it."""
+    return ["--gpus", "0" if device == "cpu" else "1"]
