@@ -26,7 +26,7 @@ from aae_lightning import AutoencoderBase, get_variant
 from aae_lightning.checkpoint_io import load_trained, read_checkpoint
 from aae_lightning.console import quiet_console
 from aae_lightning.errors import UserError
-from aae_lightning.evaluation import default_sigma_grid, parzen_log_densities, parzen_summary, select_parzen_sigma
+from aae_lightning.evaluation import default_sigma_grid, parzen_estimate, prior_images
 from datamodules import MNISTDataModule
 from train import OneLineParser, positive_int
 
@@ -60,29 +60,19 @@ def stage_metrics(model: AutoencoderBase, stage: str, images: Tensor, labels: Te
     return {f"{stage}/{name}": float(metric.compute()) for name, metric in metrics.items()}
 
 
-@torch.no_grad()
-def prior_images(model: AutoencoderBase, n: int, generator: torch.Generator) -> Tensor:
-    """n decoder outputs for codes drawn from the prior (and a uniform class, for class-conditioned decoders)."""
-    z = model.latent_prior.sample(n, generator=generator)
-    labels = torch.randint(model.num_classes, (n,), generator=generator) if model.num_classes else None
-    return torch.cat([model.decode(z[s : s + EVAL_BATCH], None if labels is None else labels[s : s + EVAL_BATCH])
-                      for s in range(0, n, EVAL_BATCH)])
-
-
 def parzen(model: AutoencoderBase, datamodule: MNISTDataModule, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     samples = prior_images(model, args.parzen_samples, torch.Generator().manual_seed(args.seed))
     validation = datamodule.validation_data()[0][: args.parzen_val_size]
     test = datamodule.test_data()[0][: args.parzen_test_size]
-    sigmas = default_sigma_grid()
-    sigma, validation_means = select_parzen_sigma(validation, samples, sigmas)
-    mean, stderr = parzen_summary(parzen_log_densities(test, samples, torch.tensor([sigma]))[0])
+    estimate = parzen_estimate(samples, validation, test, default_sigma_grid())
     return {
-        "test/parzen_ll": mean,
-        "test/parzen_ll_stderr": stderr,
-        "parzen_sigma": sigma,
-        "parzen_sigma_at_grid_edge": sigma in (float(sigmas[0]), float(sigmas[-1])),
-        "parzen_val_ll_by_sigma": {f"{float(s):.4f}": float(v) for s, v in zip(sigmas, validation_means)},
+        "test/parzen_ll": estimate.mean,
+        "test/parzen_ll_stderr": estimate.stderr,
+        "parzen_sigma": estimate.sigma,
+        "parzen_sigma_at_grid_edge": estimate.sigma_at_grid_edge,
+        "parzen_val_ll_by_sigma": {f"{float(s):.4f}": float(v)
+                                   for s, v in zip(estimate.sigmas, estimate.validation_means)},
         "parzen_samples": len(samples),
         "parzen_val_images": len(validation),
         "parzen_test_images": len(test),

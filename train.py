@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import torch
 
-from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
+from aae_lightning import VARIANTS, AutoencoderBase, NonFiniteLossError, get_variant
 from aae_lightning.base import AutoencoderHparams
 from aae_lightning.checkpoint_io import AtomicCheckpointIO, check_resumable, read_checkpoint
 from aae_lightning.console import quiet_console
@@ -162,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "metrics, time left), for log files; auto: bar when stdout is a terminal, else lines; "
                              "none: neither")
 
+    parzen = parser.add_argument_group(
+        "Parzen log-likelihood on validation (variants with a prior): the kernel width is chosen on the first "
+        "--parzen-val-size validation images, the next --parzen-score-size are scored"
+    )
+    parzen.add_argument("--parzen-every-n-epochs", type=non_negative_int, default=0,
+                        help="every N epochs log val/parzen_ll, the Parzen window log-likelihood of validation images "
+                             "under decoder samples from the prior (as evaluate.py's test/parzen_ll), and choose the "
+                             "best checkpoint by it instead of the variant's own metric; --max-epochs must be a "
+                             "multiple of N; 0: never")
+    parzen.add_argument("--parzen-samples", type=positive_int, default=10_000,
+                        help="decoder samples from the prior, the same codes at every estimate (seeded by --seed)")
+    parzen.add_argument("--parzen-val-size", type=positive_int, default=1_000,
+                        help="validation images that choose the kernel width: the first ones of the validation set, "
+                             "as evaluate.py's --parzen-val-size")
+    parzen.add_argument("--parzen-score-size", type=positive_int, default=2_000,
+                        help="the next validation images, scored with that width: val/parzen_ll is their mean")
+
     hardware = parser.add_argument_group("hardware (Lightning Trainer arguments)")
     hardware.add_argument("--gpus", type=int, default=None,
                           help="number of CUDA devices; 0 trains on the CPU (default: one GPU if there is one, else CPU)")
@@ -243,6 +260,28 @@ def model_hparams(args: argparse.Namespace) -> dict[str, Any]:
         chosen[name] = tuple(value) if isinstance(value, list) else value
     cls.Hparams(**chosen)  # each value against its declaration (an HparamError), before any data is read
     return chosen
+
+
+def check_parzen_flags(args: argparse.Namespace, model: AutoencoderBase) -> None:
+    """What --parzen-every-n-epochs needs of the variant and the other flags, refused before any data is read."""
+    every = args.parzen_every_n_epochs
+    if not every:
+        return
+    from callbacks.parzen import ParzenLikelihood
+
+    reason = ParzenLikelihood.unsupported(model)
+    if reason is not None:
+        raise UserError(f"--parzen-every-n-epochs needs a variant that decodes samples of a prior; --variant "
+                        f"{args.variant} has none ({reason})")
+    if args.max_epochs % every:
+        # the best checkpoint is compared every N epochs only (ModelCheckpoint refuses an epoch without its
+        # metric), so a last epoch off that rhythm would be estimated but could never be chosen
+        raise UserError(f"--max-epochs {args.max_epochs} is not a multiple of --parzen-every-n-epochs {every}; "
+                        "the last epoch must be one of those the best checkpoint is chosen among")
+    needed = args.parzen_val_size + args.parzen_score_size
+    if needed > args.val_size:
+        raise UserError(f"--parzen-val-size {args.parzen_val_size} and --parzen-score-size {args.parzen_score_size} "
+                        f"take {needed} distinct validation images, more than --val-size {args.val_size}")
 
 
 def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -356,15 +395,20 @@ def make_logger(args: argparse.Namespace, run_dir: Path, config: dict[str, Any],
 
 def build_callbacks(args: argparse.Namespace, checkpoint: Any) -> list[Any]:
     """The checkpoint, the run-config and W&B-axis callbacks, the image callbacks (unless
-    --image-every-n-epochs 0) and those of --progress. Imported here: matplotlib is not needed before training
-    starts."""
+    --image-every-n-epochs 0), the Parzen estimate (with --parzen-every-n-epochs) and those of --progress.
+    Imported here: matplotlib is not needed before training starts."""
     from callbacks.images import image_callbacks
+    from callbacks.parzen import ParzenLikelihood
     from callbacks.progress import progress_callbacks
     from callbacks.run_config import LogRunConfig
     from callbacks.wandb_setup import WandbEpochAxis
 
+    parzen = []
+    if args.parzen_every_n_epochs:
+        parzen.append(ParzenLikelihood(args.parzen_every_n_epochs, seed=args.seed, samples=args.parzen_samples,
+                                       sigma_images=args.parzen_val_size, scored_images=args.parzen_score_size))
     return [checkpoint, LogRunConfig(), WandbEpochAxis(), *image_callbacks(args.image_every_n_epochs, seed=args.seed),
-            *progress_callbacks(args.progress)]
+            *parzen, *progress_callbacks(args.progress)]
 
 
 def resolve_run(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -427,6 +471,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     hardware = hardware_settings(args)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     model = cls(**hparams)
+    check_parzen_flags(args, model)
     datamodule = MNISTDataModule(
         data_dir=args.data_dir,
         num_labels=split_labels(args),
@@ -454,6 +499,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         datamodule.prepare_data()
         datamodule.setup("fit")
     monitor, mode = cls.monitor
+    if args.parzen_every_n_epochs:
+        from callbacks.parzen import ParzenLikelihood
+
+        monitor, mode = ParzenLikelihood.metric, "max"
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-epoch{epoch:03d}",
@@ -461,6 +510,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         monitor=monitor,
         mode=mode,
         save_top_k=1,
+        # With the Parzen estimate, compared only at the epochs it logs its metric: at any other epoch
+        # ModelCheckpoint would raise (before the first estimate) or compare again a value kept from an earlier one
+        every_n_epochs=args.parzen_every_n_epochs or 1,
     )
     # Lightning's save_last rewrites last.ckpt only when a best checkpoint is written; resuming needs the latest
     # epoch, so a second callback writes it after every validation (after the best one: it carries its state)

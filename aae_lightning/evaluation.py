@@ -8,18 +8,26 @@ cluster is available too, as the more common alternative; it uses every label of
 The Parzen estimate follows Goodfellow et al.'s `parzen_ll.py` (goodfeli/adversarial), which the paper cites:
 a Gaussian kernel of width sigma on each of the generated samples, sigma chosen on validation images from a
 log-spaced grid, and the test log-likelihood reported as mean and standard error over the test images.
+`parzen_estimate` is that protocol for any scored images: evaluate.py scores the test set, the check during
+training (callbacks/parzen.py) validation images other than those that chose sigma.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+if TYPE_CHECKING:  # annotations only: the variants import this module for their metrics
+    from aae_lightning.base import AutoencoderBase
+
 CLUSTER_RULES = ("paper", "majority")
+#: decoder outputs per forward pass when decoding prior samples
+DECODE_BATCH = 1000
 
 
 class ClusterAccuracy(Metric):
@@ -75,16 +83,17 @@ class ClusterAccuracy(Metric):
 
 def parzen_log_densities(points: Tensor, samples: Tensor, sigmas: Tensor, batch_size: int = 100) -> Tensor:
     """log p(x) of each point under a Gaussian Parzen window of width sigma centred on each sample, for every
-    sigma at once: shape (len(sigmas), len(points)). Computed in float64, since the log-sum-exp of 10,000 terms
-    of size -|x - mu|^2 / 2 sigma^2 amplifies rounding errors of the squared distances."""
+    sigma at once: shape (len(sigmas), len(points)), on the samples' device. Computed in float64, since the
+    log-sum-exp of 10,000 terms of size -|x - mu|^2 / 2 sigma^2 amplifies rounding errors of the squared
+    distances."""
     samples = samples.to(torch.float64)
-    sigmas = sigmas.to(torch.float64)
+    sigmas = sigmas.to(device=samples.device, dtype=torch.float64)
     sample_norms = samples.square().sum(dim=1)
     dim, log_count = samples.shape[1], math.log(len(samples))
     # the kernel's normaliser: d * log(sigma * sqrt(2 pi)), as in parzen_ll.py
     log_normaliser = dim * torch.log(sigmas * math.sqrt(2 * math.pi))
     out = []
-    for chunk in _chunks(points.to(torch.float64), batch_size):
+    for chunk in _chunks(points.to(device=samples.device, dtype=torch.float64), batch_size):
         # |x - mu|^2 once per chunk, shared by every sigma; clamped because the expansion can dip below 0
         distances = (chunk.square().sum(dim=1, keepdim=True) - 2 * chunk @ samples.t() + sample_norms).clamp_(min=0)
         exponents = -0.5 * distances.unsqueeze(0) / sigmas.view(-1, 1, 1).square()
@@ -99,7 +108,7 @@ def _chunks(tensor: Tensor, size: int) -> Iterator[Tensor]:
 def select_parzen_sigma(validation: Tensor, samples: Tensor, sigmas: Tensor) -> tuple[float, Tensor]:
     """The sigma of the grid with the highest mean validation log-likelihood, and that mean for every sigma."""
     means = parzen_log_densities(validation, samples, sigmas).mean(dim=1)
-    return float(sigmas[means.argmax()]), means
+    return float(sigmas[int(means.argmax())]), means  # int(): the means may be on a GPU, the grid is not
 
 
 def parzen_summary(log_densities: Tensor) -> tuple[float, float]:
@@ -110,3 +119,43 @@ def parzen_summary(log_densities: Tensor) -> tuple[float, float]:
 def default_sigma_grid() -> Tensor:
     """parzen_ll.py's grid: 10 values log-spaced from 0.1 to 1 (pixels in [0, 1])."""
     return torch.logspace(-1, 0, 10, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class ParzenEstimate:
+    """The result of `parzen_estimate`: the scored images' mean log-likelihood and its standard error, the sigma
+    that the validation images chose, and their mean log-likelihood for every sigma of the grid."""
+
+    mean: float
+    stderr: float
+    sigma: float
+    sigmas: Tensor
+    validation_means: Tensor
+
+    @property
+    def sigma_at_grid_edge(self) -> bool:
+        """Whether the best sigma is the grid's first or last: the best width may then lie outside the grid."""
+        return self.sigma in (float(self.sigmas[0]), float(self.sigmas[-1]))
+
+
+def parzen_estimate(samples: Tensor, validation: Tensor, scored: Tensor, sigmas: Tensor) -> ParzenEstimate:
+    """Goodfellow et al.'s protocol: the sigma of `sigmas` with the highest mean log-likelihood of the
+    `validation` images, then the log-likelihood of each `scored` image with that sigma, as mean and standard
+    error. `scored` should share no image with `validation`, which chose the kernel width."""
+    sigma, validation_means = select_parzen_sigma(validation, samples, sigmas)
+    mean, stderr = parzen_summary(parzen_log_densities(scored, samples, torch.tensor([sigma]))[0])
+    return ParzenEstimate(mean, stderr, sigma, sigmas, validation_means)
+
+
+@torch.no_grad()
+def prior_images(model: AutoencoderBase, n: int, generator: torch.Generator) -> Tensor:
+    """n decoder outputs, on the model's device, for codes drawn from the model's `latent_prior` (and a uniform
+    class, for class-conditioned decoders), every draw from `generator`."""
+    z = model.latent_prior.sample(n, generator=generator)
+    labels = torch.randint(model.num_classes, (n,), generator=generator) if model.num_classes else None
+    batches = []
+    for start in range(0, n, DECODE_BATCH):
+        codes = z[start : start + DECODE_BATCH].to(device=model.device, dtype=model.dtype)
+        classes = None if labels is None else labels[start : start + DECODE_BATCH].to(model.device)
+        batches.append(model.decode(codes, classes))
+    return torch.cat(batches)

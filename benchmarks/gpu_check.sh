@@ -45,7 +45,8 @@ step() {
 }
 
 step tests "$python" -m pytest -m cuda -q -p no:cacheprovider \
-    tests/test_phases.py tests/test_components.py tests/test_callbacks.py tests/test_resume.py
+    tests/test_phases.py tests/test_components.py tests/test_callbacks.py tests/test_resume.py \
+    tests/test_parzen_callback.py
 step train "$python" train.py --variant semi --labels 100 --gpus 1 --max-epochs 1 --logger csv \
     --data-dir "$data_dir" --output-dir "$work/runs" --run-name semi-gpu --results-json "$work/semi-gpu.json"
 step throughput "$python" benchmarks/throughput.py --data-dir "$data_dir" --accelerator gpu

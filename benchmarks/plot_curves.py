@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,8 +22,8 @@ matplotlib.use("Agg")  # no display on a cluster node or in CI
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
-#: test error in %, Makhzani et al. 2015, Table 2 (semi-supervised MNIST)
-PAPER_SEMI_ERROR = {"100": 1.90, "1000": 1.60, "all": 0.85}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from aae_lightning.paper import SEMI_TEST_ERROR  # noqa: E402
 
 
 def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
@@ -57,14 +58,15 @@ def write_curve_csv(path: Path, curve: list[tuple[int, float]], column: str) -> 
         writer.writerows((epoch, f"{value:.4f}") for epoch, value in curve)
 
 
-def plot(curves: dict[str, list[tuple[int, float]]], paper: dict[str, float], out: Path, title: str) -> None:
+def plot(curves: dict[str, list[tuple[int, float]]], out: Path, title: str) -> None:
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for label, curve in curves.items():
         epochs = [epoch + 1 for epoch, _ in curve]  # epoch k's validation comes after k + 1 epochs of training
         line, = axes.plot(epochs, [100 * (1 - value) for _, value in curve], label=f"ours, {label} labels")
-        if label in paper:
-            axes.axhline(paper[label], color=line.get_color(), linestyle="--", linewidth=1,
-                         label=f"paper, {label} labels ({paper[label]:.2f} %, 5000 epochs)")
+        if label in SEMI_TEST_ERROR:
+            error, _ = SEMI_TEST_ERROR[label]
+            axes.axhline(error, color=line.get_color(), linestyle="--", linewidth=1,
+                         label=f"paper, {label} labels ({error:.2f} % test error, 5000 epochs)")
     axes.set_yscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")  # 2, 5, 10 rather than 2x10^0
     axes.yaxis.set_major_formatter(plain)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     curves = {label: read_curve(folder, args.metric) for label, folder in args.run}
-    plot(curves, PAPER_SEMI_ERROR, args.out, args.title)
+    plot(curves, args.out, args.title)
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
     for label, curve in curves.items():
         best_epoch, best = max(curve, key=lambda item: item[1])

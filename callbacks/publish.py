@@ -24,9 +24,10 @@ def image_path(trainer: pl.Trainer, name: str, epoch: int) -> Path:
 
 
 def image_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
-    """Whether the end of this validation should draw images: during fitting (not the sanity check, not a
-    later `trainer.validate`), every `every_n_epochs` epochs and after the last one. The answer is the same
-    on every rank, so collective steps keyed on it stay in step."""
+    """Whether the end of this validation should draw images (or, in callbacks/parzen.py, estimate the Parzen
+    likelihood): during fitting (not the sanity check, not a later `trainer.validate`), every `every_n_epochs`
+    epochs and after the last one. The answer is the same on every rank, so collective steps keyed on it stay in
+    step."""
     if every_n_epochs <= 0 or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
         return False
     finished = trainer.current_epoch + 1
