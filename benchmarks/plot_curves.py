@@ -59,7 +59,7 @@ def write_curve_csv(path: Path, curve: list[tuple[int, float]], column: str) -> 
 
 
 def plot(curves: dict[str, list[tuple[int, float]]], out: Path, title: str) -> None:
-    figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=100)
     for label, curve in curves.items():
         epochs = [epoch + 1 for epoch, _ in curve]  # epoch k's validation comes after k + 1 epochs of training
         line, = axes.plot(epochs, [100 * (1 - value) for _, value in curve], label=f"ours, {label} labels")
@@ -75,10 +75,10 @@ def plot(curves: dict[str, list[tuple[int, float]]], out: Path, title: str) -> N
     axes.set_ylabel("validation error (%)")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: never over a curve
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
+    figure.savefig(out, bbox_inches="tight")  # the legend sits below the axes
     plt.close(figure)
 
 
