@@ -30,7 +30,7 @@ from aae_lightning.base import AutoencoderHparams
 from aae_lightning.checkpoint_io import AtomicCheckpointIO, check_resumable, read_checkpoint
 from aae_lightning.console import quiet_console
 from aae_lightning.errors import UserError
-from aae_lightning.hparams import Accepts, declarations
+from aae_lightning.hparams import Accepts, declarations, flag
 
 if TYPE_CHECKING:  # for annotations; the functions import what they use where they need it, as the rest of this file
     import pytorch_lightning as pl
@@ -44,9 +44,8 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 #: the file in a run folder that holds its W&B run id
 WANDB_RUN_ID_FILE = "wandb_run_id"
-#: the Trainer arguments Lightning checks and the flags that set them, in the order its checks are asked for
-LIGHTNING_FLAGS = {"accelerator": "--accelerator", "devices": "--devices", "num_nodes": "--num-nodes",
-                   "strategy": "--strategy", "precision": "--precision"}
+#: the Trainer arguments Lightning checks, each set by the flag of its name, in the order its checks are asked for
+LIGHTNING_ARGUMENTS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -191,17 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model hyperparameters (each variant's defaults; each variant takes the ones it has)")
     for name, (hint, help_text, defaults, accepts) in _hparam_fields().items():
-        flag = "--" + name.replace("_", "-")
+        spelled = flag(name)
         if hint is not bool:  # a switch's range is its two spellings
             help_text += f"; allowed: {_per_variant({variant: a.describe() for variant, a in accepts.items()})}"
         help_text = f"{help_text} ({_describe_defaults(defaults)}; variants: {', '.join(defaults)})"
         origin = typing.get_origin(hint)
         if origin is tuple:
-            model.add_argument(flag, type=typing.get_args(hint)[0], nargs="*", default=None, help=help_text)
+            model.add_argument(spelled, type=typing.get_args(hint)[0], nargs="*", default=None, help=help_text)
         elif hint is bool:  # type=bool would read "False" as True
-            model.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            model.add_argument(spelled, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            model.add_argument(flag, type=hint, default=None, help=help_text)
+            model.add_argument(spelled, type=hint, default=None, help=help_text)
     return parser
 
 
@@ -256,7 +255,7 @@ def model_hparams(args: argparse.Namespace) -> dict[str, Any]:
         if value is None:
             continue
         if name not in own:
-            raise UserError(f"--{name.replace('_', '-')} is not a hyperparameter of --variant {args.variant}")
+            raise UserError(f"{flag(name)} is not a hyperparameter of --variant {args.variant}")
         chosen[name] = tuple(value) if isinstance(value, list) else value
     cls.Hparams(**chosen)  # each value against its declaration (an HparamError), before any data is read
     return chosen
@@ -324,7 +323,7 @@ def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_lightning_flags(settings: dict[str, Any]) -> None:
-    """What Lightning refuses of these Trainer arguments (`LIGHTNING_FLAGS`) is a `UserError` naming the flag.
+    """What Lightning refuses of these Trainer arguments (`LIGHTNING_ARGUMENTS`) is a `UserError` naming the flag.
     Lightning itself would refuse only once the Trainer is built, after the data is read, and with a traceback. Its
     own connector answers here, asked with one more argument each time, so that a refusal is the last one's. It
     builds the accelerator, strategy and precision objects only: nothing is launched."""
@@ -337,13 +336,13 @@ def check_lightning_flags(settings: dict[str, Any]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for name, flag in LIGHTNING_FLAGS.items():
+            for name in LIGHTNING_ARGUMENTS:
                 asked[name] = settings[name]
                 try:
                     _AcceleratorConnector(**asked)
                 except Exception as error:  # ValueError, MisconfigurationException, ...: Lightning's choice  # noqa: BLE001
                     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    raise UserError(f"{flag} {settings[name]} is refused by Lightning: {reason}") from None
+                    raise UserError(f"{flag(name)} {settings[name]} is refused by Lightning: {reason}") from None
     finally:
         logging.disable(disabled)
 

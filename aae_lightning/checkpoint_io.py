@@ -20,6 +20,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from aae_lightning.errors import UserError
+from aae_lightning.hparams import flag
 
 if TYPE_CHECKING:
     from aae_lightning.base import AutoencoderBase
@@ -112,7 +113,7 @@ def check_resumable(
     added_later = {name: value for name, value in ADDED_LATER.items() if name in wanted}
     saved = {**added_later, **checkpoint["datamodule_hyper_parameters"], **checkpoint["hyper_parameters"]}
     differing = [
-        f"--{FLAG_NAMES.get(name, name).replace('_', '-')} {_shown(saved.get(name))} (now {_shown(wanted.get(name))})"
+        f"{flag(FLAG_NAMES.get(name, name))} {_shown(saved.get(name))} (now {_shown(wanted.get(name))})"
         for name in sorted(set(saved) | set(wanted))
         if name not in RELOCATABLE and _comparable(saved.get(name)) != _comparable(wanted.get(name))
     ]
