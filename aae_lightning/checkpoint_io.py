@@ -96,7 +96,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 #: hyperparameters added after checkpoints were first written, with the value that trains as those did: a checkpoint
 #: without one was trained with that value
-ADDED_LATER = {"init_std": 0.0, "disc_input_noise": 0.0, "labeled_reconstruction": False}
+ADDED_LATER = {"init_std": 0.0, "disc_input_noise": 0.0, "labeled_reconstruction": False, "class_balance": 0.0}
 
 
 def check_resumable(

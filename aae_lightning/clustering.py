@@ -17,15 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from aae_lightning.base import AdversarialHparams
 from aae_lightning.evaluation import ClusterAccuracy
 from aae_lightning.hparams import Flag, Range, hparam, positive, probability
 from aae_lightning.registry import register
-from aae_lightning.semi import CategoricalStyleAAE
+from aae_lightning.semi import CategoricalStyleAAE, CategoricalStyleHparams
 
 
 @dataclass
-class ClusteringHparams(AdversarialHparams):
+class ClusteringHparams(CategoricalStyleHparams):
     num_clusters: int = hparam(16, "number of clusters K (categories of the code y)", accepts=Range(int, 2))
     latent_dim: int = hparam(5, "width of the style code z", accepts=positive(int))
     prior_std: float = hparam(1.0, "std of the Gaussian prior on the style z", accepts=positive())

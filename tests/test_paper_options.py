@@ -11,6 +11,7 @@ import torch
 import train
 from aae_lightning import get_variant
 from aae_lightning.errors import UserError
+from aae_lightning.semi import class_imbalance
 
 TINY = {"hidden_sizes": (16, 16), "disc_hidden_sizes": (8,)}
 
@@ -146,3 +147,24 @@ def test_labeled_reconstruction_decodes_the_labeled_batch_from_its_true_label() 
     assert logs["labeled_recon_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert loss.item() == pytest.approx(logs["recon_loss"].item() + expected.item(), rel=1e-6)
     assert "labeled_recon_loss" not in tiny("semi").reconstruction_phase(batch)[1]
+
+
+def test_class_imbalance_is_zero_for_equal_usage_and_log_k_for_one_class() -> None:
+    assert class_imbalance(torch.full((8, 10), 0.1)).item() == pytest.approx(0.0, abs=1e-7)
+    assert class_imbalance(torch.eye(10)[[3] * 5]).item() == pytest.approx(torch.log(torch.tensor(10.0)).item())
+    # one-hot codes that use every class equally are balanced: the term does not ask for soft codes
+    assert class_imbalance(torch.eye(10).repeat(2, 1)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["semi", "clustering", "dimreduction"])
+def test_class_balance_adds_the_weighted_imbalance_to_the_generator_loss(variant: str) -> None:
+    torch.manual_seed(0)
+    batch = {"x": torch.rand(6, 784)}
+    plain, weighted = tiny(variant, input_noise=0.0), tiny(variant, input_noise=0.0, class_balance=2.0)
+    weighted.load_state_dict(plain.state_dict())
+    loss, logs = plain.generator_phase(batch)
+    weighted_loss, weighted_logs = weighted.generator_phase(batch)
+    imbalance = class_imbalance(weighted.adversarial_codes(batch)["y"]).item()
+    assert imbalance > 0 and "class_imbalance" not in logs
+    assert weighted_logs["class_imbalance"].item() == pytest.approx(imbalance, rel=1e-6)
+    assert weighted_loss.item() == pytest.approx(loss.item() + 2.0 * imbalance, rel=1e-5)
