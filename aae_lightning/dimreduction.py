@@ -6,8 +6,9 @@ cost keeps every pair of heads at least `head_distance` (eta) apart, growing lin
 
 The paper gives neither eta nor the std of z. Here eta is 5 prior stds (neighbouring classes' Gaussians barely
 overlap), the heads start N(0, eta^2) so most pairs start apart already, and the penalty, summed over pairs,
-is added to the reconstruction loss: the heads train with the reconstruction phase's optimizer (musyoku's
-Chainer version gives them their own optimizer with the reconstruction learning rate and momentum).
+is added to the reconstruction loss: the heads train with the reconstruction phase's optimizer. One revision
+of musyoku's Chainer code gives them an optimizer of their own at the reconstruction rate; its others move them
+by the distance penalty alone, with eta 1.
 """
 
 from dataclasses import dataclass

@@ -27,7 +27,8 @@ class CategoricalStyleHparams(AdversarialHparams):
         0.0,
         "weight of KL(batch mean of q(y|x) || uniform) in the generator phase: an explicit pull of the batch's "
         "class usage towards the categorical prior's, which the y discriminator enforces only weakly "
-        "(0: off, the paper's model)",
+        "(0: off, the paper's model). The mean is over each process's batch, so under DDP the same weight pulls "
+        "a little harder on smaller per-process batches",
         accepts=non_negative(),
     )
 
@@ -62,7 +63,7 @@ class SemiHparams(CategoricalStyleHparams):
 
 
 class CategoricalStyleAAE(AutoencoderBase):
-    """What the semi-supervised and clustering models share: a categorical code y and a style z, both
+    """What the semi-supervised, clustering and dimreduction models share: a categorical code y and a style z, both
     regularized, decoded together. `num_classes` is the number of categories."""
 
     phases = ("reconstruction", "regularization", "generator")
@@ -99,8 +100,9 @@ class CategoricalStyleAAE(AutoencoderBase):
 def class_imbalance(probs: Tensor) -> Tensor:
     """KL divergence from the uniform distribution to the mean of a batch of categorical distributions: 0 when
     the batch uses every class equally, log K when it puts everything in one."""
-    usage = probs.mean(dim=0)
-    return (usage * (usage * usage.numel()).clamp_min(1e-12).log()).sum()
+    usage, num_classes = probs.mean(dim=0), probs.shape[1]
+    # an unused class contributes 0 * log(0) = 0; the clamp keeps that term (and its gradient) finite
+    return (usage * (usage * num_classes).clamp_min(1e-12).log()).sum()
 
 
 @register("semi")

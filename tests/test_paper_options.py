@@ -168,3 +168,14 @@ def test_class_balance_adds_the_weighted_imbalance_to_the_generator_loss(variant
     assert imbalance > 0 and "class_imbalance" not in logs
     assert weighted_logs["class_imbalance"].item() == pytest.approx(imbalance, rel=1e-6)
     assert weighted_loss.item() == pytest.approx(loss.item() + 2.0 * imbalance, rel=1e-5)
+    # the term reaches the encoder's class head, and only the encoder
+    weighted.zero_grad()
+    weighted_logs["class_imbalance"].backward()
+    assert weighted.encoder.heads["y"].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in weighted.discriminators.parameters())
+
+
+@pytest.mark.parametrize("variant", ["aae", "supervised", "label_regularized"])
+def test_class_balance_belongs_to_the_models_with_a_categorical_code_only(variant: str) -> None:
+    with pytest.raises(TypeError):
+        tiny(variant, class_balance=1.0)

@@ -298,6 +298,10 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path) ->
     assert io.load_checkpoint(path)["epoch"] == 2
 
 
+def test_every_hyperparameter_added_since_the_first_checkpoints_has_the_value_they_were_trained_with() -> None:
+    assert ADDED_LATER == {"init_std": 0.0, "disc_input_noise": 0.0, "labeled_reconstruction": False, "class_balance": 0.0}
+
+
 def test_a_checkpoint_older_than_a_hyperparameter_resumes_with_the_value_it_was_trained_with() -> None:
     hparams = dataclasses.asdict(get_variant("semi").Hparams(init_std=0.0))
     older = {name: value for name, value in hparams.items() if name not in ADDED_LATER}
