@@ -13,7 +13,6 @@ Labels never choose the checkpoint: `monitor` is the reconstruction loss, so the
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -62,9 +61,8 @@ class ClusteringAAE(CategoricalStyleAAE):
 
     def update_metrics(self, metrics: nn.ModuleDict, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         outputs = super().update_metrics(metrics, images, labels)
-        probs = F.softmax(outputs["y"], dim=1)
         for name in ("cluster_acc", "cluster_acc_majority"):
-            metrics[name].update(probs, labels)
+            metrics[name].update(outputs["y"], labels)
         return outputs
 
 

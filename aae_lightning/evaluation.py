@@ -35,9 +35,12 @@ class ClusterAccuracy(Metric):
 
     Two states, both correct under DDP because each reduces elementwise over ranks:
     `counts[k, c]` (sum) is how many images of class c fall in cluster k (their most probable cluster), and
-    `top_prob[k, c]` (max) is the highest q(y=k|x) over the images of class c. The paper's label of cluster k is
-    the class of the single image with the highest q(y=k|x), i.e. `top_prob[k].argmax()`; the majority label is
-    `counts[k].argmax()`. A cluster no image was seen for keeps label 0 (it holds no image either, so its label
+    `top_log_odds[k, c]` (max) is the highest log-odds of q(y=k|x), log q - log(1 - q), over the images of class
+    c. The paper's label of cluster k is the class of the single image with the highest q(y=k|x): the same image
+    as the highest log-odds, i.e. `top_log_odds[k].argmax()`; the majority label is `counts[k].argmax()`.
+    Log-odds, computed from the logits, because a confident model's float32 probabilities round to exactly 1 for
+    many images, and the argmax over those ties picked the lowest class number instead of the most confident
+    image. A cluster no image was seen for keeps label 0 (it holds no image either, so its label
     cannot change the accuracy of the same set).
 
     `compute()` labels the clusters from the data it has seen and scores that same data. To score a test set
@@ -53,24 +56,23 @@ class ClusterAccuracy(Metric):
             raise ValueError(f"rule must be one of {CLUSTER_RULES}, got {rule!r}")
         self.num_clusters, self.num_classes, self.rule = num_clusters, num_classes, rule
         self.add_state("counts", torch.zeros(num_clusters, num_classes, dtype=torch.long), dist_reduce_fx="sum")
-        # probabilities lie in [0, 1], so -1 marks "no image of this class seen yet" and loses every max
-        self.add_state("top_prob", torch.full((num_clusters, num_classes), -1.0), dist_reduce_fx="max")
+        # -inf marks "no image of this class seen yet" and loses every max
+        self.add_state("top_log_odds", torch.full((num_clusters, num_classes), -math.inf), dist_reduce_fx="max")
 
-    def update(self, cluster_probs: Tensor, labels: Tensor) -> None:
-        """`cluster_probs`: (n, K) probabilities (or logits: only their order per column matters for the rule,
-        but pass probabilities so that states from different batches compare); `labels`: (n,) true classes."""
-        clusters = cluster_probs.argmax(dim=1)
-        flat = clusters * self.num_classes + labels
+    def update(self, cluster_logits: Tensor, labels: Tensor) -> None:
+        """`cluster_logits`: (n, K) logits of q(y|x) (the softmax's input); `labels`: (n,) true classes."""
+        log_odds = softmax_log_odds(cluster_logits.to(self.top_log_odds.dtype))
+        flat = log_odds.argmax(dim=1) * self.num_classes + labels
         self.counts += torch.bincount(flat, minlength=self.num_clusters * self.num_classes).view_as(self.counts)
-        # per (cluster, class): the highest probability of that cluster among images of that class
-        best = torch.full_like(self.top_prob, -1.0)
+        # per (cluster, class): the highest log-odds of that cluster among images of that class
+        best = torch.full_like(self.top_log_odds, -math.inf)
         index = labels.unsqueeze(0).expand(self.num_clusters, -1)
-        best.scatter_reduce_(1, index, cluster_probs.t().to(best.dtype), reduce="amax")
-        self.top_prob = torch.maximum(self.top_prob, best)
+        best.scatter_reduce_(1, index, log_odds.t(), reduce="amax")
+        self.top_log_odds = torch.maximum(self.top_log_odds, best)
 
     def assignment(self) -> Tensor:
         """The class label of each cluster, shape (K,), by this metric's rule."""
-        return (self.top_prob if self.rule == "paper" else self.counts).argmax(dim=1)
+        return (self.top_log_odds if self.rule == "paper" else self.counts).argmax(dim=1)
 
     def accuracy(self, assignment: Tensor) -> Tensor:
         """Fraction of the images seen whose cluster's label (under `assignment`) is their class."""
@@ -79,6 +81,15 @@ class ClusterAccuracy(Metric):
 
     def compute(self) -> Tensor:
         return self.accuracy(self.assignment())
+
+
+def softmax_log_odds(logits: Tensor) -> Tensor:
+    """log q_k - log(1 - q_k) of every category k of softmax(logits), i.e. logit_k - logsumexp of the other
+    logits: in each column, the same order as q_k, without rounding q_k to 1."""
+    num_categories = logits.shape[1]
+    others = logits.unsqueeze(1).expand(-1, num_categories, -1)
+    others = others.masked_fill(torch.eye(num_categories, dtype=torch.bool, device=logits.device), -math.inf)
+    return logits - torch.logsumexp(others, dim=2)
 
 
 def parzen_log_densities(points: Tensor, samples: Tensor, sigmas: Tensor, batch_size: int = 100) -> Tensor:

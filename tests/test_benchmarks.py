@@ -88,3 +88,23 @@ def test_plot_curves_draws_validation_error_and_writes_each_runs_curve(tmp_path:
     assert (tmp_path / "results" / "semi-100.csv").read_text().split() == [
         "epoch,val_acc", "0,0.5000", "1,0.7500", "2,0.7000",
     ]
+
+
+def test_plot_curves_draws_any_metric_with_the_papers_number_given_on_the_command_line(tmp_path: Path) -> None:
+    plot_curves = load_benchmark("plot_curves")
+    run = tmp_path / "parzen"
+    run.mkdir()
+    # a Parzen estimate every other epoch: the epochs without one are left out
+    (run / "metrics.csv").write_text(
+        "epoch,step,train/recon_loss_epoch,val/parzen_ll\n"
+        "0,99,30.0,\n1,199,,290.5\n1,199,25.0,\n2,299,24.0,\n3,399,,301.25\n3,399,23.0,\n"
+    )
+    out = tmp_path / "parzen.png"
+    plot_curves.main(["--run", f"seed0={run}", "--metric", "val/parzen_ll", "--unit", "", "--paper", "seed0=340",
+                      "--out", str(out), "--csv-dir", str(tmp_path / "results"), "--csv-prefix", "parzen"])
+    assert 0 < out.stat().st_size < 300_000
+    assert (tmp_path / "results" / "parzen-seed0.csv").read_text().split() == [
+        "epoch,val_parzen_ll", "1,290.5000", "3,301.2500",
+    ]
+    with pytest.raises(SystemExit):
+        plot_curves.main(["--run", f"seed0={run}", "--paper", "seed0=many", "--out", str(out)])

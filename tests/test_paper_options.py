@@ -179,3 +179,9 @@ def test_class_balance_adds_the_weighted_imbalance_to_the_generator_loss(variant
 def test_class_balance_belongs_to_the_models_with_a_categorical_code_only(variant: str) -> None:
     with pytest.raises(TypeError):
         tiny(variant, class_balance=1.0)
+
+
+@pytest.mark.parametrize("preset", train.preset_names())
+def test_every_preset_names_only_hyperparameters_its_variant_accepts(preset: str) -> None:
+    args = train.parse_args(["--preset", preset])
+    assert train.model_hparams(args)  # raises on a flag the variant lacks or a value its declaration refuses

@@ -16,6 +16,7 @@ from aae_lightning.evaluation import (
     parzen_log_densities,
     parzen_summary,
     select_parzen_sigma,
+    softmax_log_odds,
 )
 from aae_lightning.label_regularized import UNLABELED, nearest_component
 from datamodules import MNISTDataModule
@@ -147,34 +148,49 @@ LABELS = torch.tensor([1, 7, 7, 2, 3, 3])
 
 def test_cluster_accuracy_paper_rule_labels_each_cluster_by_its_most_confident_image() -> None:
     metric = ClusterAccuracy(3, rule="paper")
-    metric.update(PROBS, LABELS)
+    metric.update(PROBS.log(), LABELS)
     assert metric.assignment().tolist() == [1, 2, 3]
     assert metric.compute().item() == pytest.approx(4 / 6)  # the two 7s sit in the cluster labelled 1
 
 
 def test_cluster_accuracy_majority_rule() -> None:
     metric = ClusterAccuracy(3, rule="majority")
-    metric.update(PROBS, LABELS)
+    metric.update(PROBS.log(), LABELS)
     assert metric.assignment().tolist() == [7, 2, 3]
     assert metric.compute().item() == pytest.approx(5 / 6)
 
 
 def test_cluster_accuracy_scores_a_set_with_labels_chosen_on_another() -> None:
     validation, test = ClusterAccuracy(3), ClusterAccuracy(3)
-    validation.update(PROBS, LABELS)
-    test.update(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]]), torch.tensor([1, 5, 2]))
+    validation.update(PROBS.log(), LABELS)
+    test.update(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]]).log(), torch.tensor([1, 5, 2]))
     assert test.accuracy(validation.assignment()).item() == pytest.approx(2 / 3)
+
+
+def test_cluster_accuracy_paper_rule_finds_the_most_confident_image_where_float32_probabilities_round_to_1() -> None:
+    # both images sit in cluster 0 with q > 1 - 1e-9, which float32 stores as 1.0; the digit-5 image is the surer
+    logits = torch.tensor([[30.0, 0.0, 0.0], [40.0, 0.0, 0.0]])
+    assert torch.equal(torch.softmax(logits, dim=1)[:, 0], torch.ones(2))
+    metric = ClusterAccuracy(3, rule="paper")
+    metric.update(logits, torch.tensor([0, 5]))
+    assert metric.assignment()[0].item() == 5
+
+
+def test_softmax_log_odds_are_log_q_over_one_minus_q() -> None:
+    logits = torch.tensor([[1.0, 2.0, 0.5], [-3.0, 0.0, 4.0]], dtype=torch.float64)
+    q = torch.softmax(logits, dim=1)
+    assert torch.allclose(softmax_log_odds(logits), (q / (1 - q)).log())
 
 
 @pytest.mark.parametrize("rule", ["paper", "majority"])
 def test_cluster_accuracy_states_merged_across_ranks_equal_one_pass(rule: str) -> None:
     whole, rank0, rank1 = (ClusterAccuracy(3, rule=rule) for _ in range(3))
-    whole.update(PROBS, LABELS)
+    whole.update(PROBS.log(), LABELS)
     # the split puts the most confident cluster-0 image on the second rank: the max reduction must find it
-    rank0.update(PROBS[1:4], LABELS[1:4])
-    rank1.update(torch.cat([PROBS[:1], PROBS[4:]]), torch.cat([LABELS[:1], LABELS[4:]]))
-    rank0.merge_state(rank1)  # the reduction DDP's sync applies: sum of counts, max of top probabilities
-    assert torch.equal(rank0.counts, whole.counts) and torch.equal(rank0.top_prob, whole.top_prob)
+    rank0.update(PROBS[1:4].log(), LABELS[1:4])
+    rank1.update(torch.cat([PROBS[:1], PROBS[4:]]).log(), torch.cat([LABELS[:1], LABELS[4:]]))
+    rank0.merge_state(rank1)  # the reduction DDP's sync applies: sum of counts, max of top log-odds
+    assert torch.equal(rank0.counts, whole.counts) and torch.equal(rank0.top_log_odds, whole.top_log_odds)
     assert rank0.compute() == whole.compute()
 
 
