@@ -72,39 +72,41 @@ def test_gpu_check_without_cuda_is_one_line_and_exit_2() -> None:
     assert result.stdout == ""
 
 
-def test_plot_curves_draws_validation_error_and_writes_each_runs_curve(tmp_path: Path) -> None:
-    plot_curves = load_benchmark("plot_curves")
-    run = tmp_path / "semi-100"
-    run.mkdir()
+PLOT_CASES = {
     # as train.py's CSV logger writes it: training means and validation in separate rows, and (runs written before
     # train.py stopped logging it) the best checkpoint's final validation again, at the number of trained epochs
-    (run / "metrics.csv").write_text(
+    "an accuracy, drawn as error": (
         "epoch,step,train/recon_loss_epoch,val/acc\n"
-        "0,99,,0.5\n0,99,30.0,\n1,199,,0.75\n1,199,25.0,\n2,299,,0.7\n2,299,24.0,\n3,299,,0.75\n"
-    )
-    out = tmp_path / "curves.png"
-    plot_curves.main(["--run", f"100={run}", "--out", str(out), "--csv-dir", str(tmp_path / "results")])
-    assert 0 < out.stat().st_size < 300_000
-    assert (tmp_path / "results" / "semi-100.csv").read_text().split() == [
-        "epoch,val_acc", "0,0.5000", "1,0.7500", "2,0.7000",
-    ]
-
-
-def test_plot_curves_draws_any_metric_with_the_papers_number_given_on_the_command_line(tmp_path: Path) -> None:
-    plot_curves = load_benchmark("plot_curves")
-    run = tmp_path / "parzen"
-    run.mkdir()
+        "0,99,,0.5\n0,99,30.0,\n1,199,,0.75\n1,199,25.0,\n2,299,,0.7\n2,299,24.0,\n3,299,,0.75\n",
+        ["--run", "100={run}"],
+        "semi-100.csv",
+        ["epoch,val_acc", "0,0.5000", "1,0.7500", "2,0.7000"],
+    ),
     # a Parzen estimate every other epoch: the epochs without one are left out
-    (run / "metrics.csv").write_text(
+    "any other metric, with the paper's number from the command line": (
         "epoch,step,train/recon_loss_epoch,val/parzen_ll\n"
-        "0,99,30.0,\n1,199,,290.5\n1,199,25.0,\n2,299,24.0,\n3,399,,301.25\n3,399,23.0,\n"
+        "0,99,30.0,\n1,199,,290.5\n1,199,25.0,\n2,299,24.0,\n3,399,,301.25\n3,399,23.0,\n",
+        ["--run", "seed0={run}", "--metric", "val/parzen_ll", "--unit", "", "--paper", "seed0=340", "--csv-prefix", "parzen"],
+        "parzen-seed0.csv",
+        ["epoch,val_parzen_ll", "1,290.5000", "3,301.2500"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PLOT_CASES)
+def test_plot_curves_draws_the_metric_and_writes_each_runs_curve(case: str, tmp_path: Path) -> None:
+    metrics, args, csv_name, expected_rows = PLOT_CASES[case]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(metrics)
+    out = tmp_path / "curves.png"
+    load_benchmark("plot_curves").main(
+        [arg.format(run=run) for arg in args] + ["--out", str(out), "--csv-dir", str(tmp_path / "results")]
     )
-    out = tmp_path / "parzen.png"
-    plot_curves.main(["--run", f"seed0={run}", "--metric", "val/parzen_ll", "--unit", "", "--paper", "seed0=340",
-                      "--out", str(out), "--csv-dir", str(tmp_path / "results"), "--csv-prefix", "parzen"])
     assert 0 < out.stat().st_size < 300_000
-    assert (tmp_path / "results" / "parzen-seed0.csv").read_text().split() == [
-        "epoch,val_parzen_ll", "1,290.5000", "3,301.2500",
-    ]
+    assert (tmp_path / "results" / csv_name).read_text().split() == expected_rows
+
+
+def test_plot_curves_refuses_a_papers_number_that_is_not_a_number(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
-        plot_curves.main(["--run", f"seed0={run}", "--paper", "seed0=many", "--out", str(out)])
+        load_benchmark("plot_curves").main(["--run", f"x={tmp_path}", "--paper", "x=many", "--out", str(tmp_path / "c.png")])
