@@ -96,7 +96,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 #: hyperparameters added after checkpoints were first written, with the value that trains as those did: a checkpoint
 #: without one was trained with that value
-ADDED_LATER = {"init_std": 0.0, "disc_input_noise": 0.0, "labeled_reconstruction": False, "class_balance": 0.0}
+#: (input_dropout and encoder_batchnorm existed for clustering from the start; semi and dimreduction got them later)
+ADDED_LATER = {
+    "init_std": 0.0,
+    "disc_input_noise": 0.0,
+    "labeled_reconstruction": False,
+    "class_balance": 0.0,
+    "input_dropout": 0.0,
+    "encoder_batchnorm": False,
+}
 
 
 def check_resumable(

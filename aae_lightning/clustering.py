@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from aae_lightning.evaluation import ClusterAccuracy
-from aae_lightning.hparams import Flag, Range, hparam, positive, probability
+from aae_lightning.hparams import Range, hparam, positive
 from aae_lightning.registry import register
 from aae_lightning.semi import CategoricalStyleAAE, CategoricalStyleHparams
 
@@ -27,12 +27,6 @@ class ClusteringHparams(CategoricalStyleHparams):
     num_clusters: int = hparam(16, "number of clusters K (categories of the code y)", accepts=Range(int, 2))
     latent_dim: int = hparam(5, "width of the style code z", accepts=positive(int))
     prior_std: float = hparam(1.0, "std of the Gaussian prior on the style z", accepts=positive())
-    input_dropout: float = hparam(
-        0.0, "dropout on the encoder's input only (the paper's clustering model: 0.2)", accepts=probability()
-    )
-    encoder_batchnorm: bool = hparam(
-        False, "batch normalization after every linear layer of the encoder, heads included", accepts=Flag()
-    )
 
 
 @register("clustering")
@@ -43,14 +37,6 @@ class ClusteringAAE(CategoricalStyleAAE):
     @property
     def num_classes(self) -> int:
         return self.config.num_clusters
-
-    def build(self) -> None:
-        super().build()
-        if self.config.encoder_batchnorm:
-            self.encoder.trunk = with_batchnorm(self.encoder.trunk)
-            self.encoder.heads = nn.ModuleDict({name: with_batchnorm(nn.Sequential(head)) for name, head in self.encoder.heads.items()})
-        if self.config.input_dropout > 0:
-            self.encoder.trunk.insert(0, nn.Dropout(self.config.input_dropout))
 
     def make_metrics(self) -> dict[str, Metric]:
         return {
@@ -65,12 +51,3 @@ class ClusteringAAE(CategoricalStyleAAE):
             metrics[name].update(outputs["y"], labels)
         return outputs
 
-
-def with_batchnorm(layers: nn.Sequential) -> nn.Sequential:
-    """The same layers with a BatchNorm1d after every Linear."""
-    out = nn.Sequential()
-    for layer in layers:
-        out.append(layer)
-        if isinstance(layer, nn.Linear):
-            out.append(nn.BatchNorm1d(layer.out_features))
-    return out

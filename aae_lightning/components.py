@@ -20,6 +20,16 @@ def mlp(sizes: Sequence[int], dropout: float = 0.0, input_noise: float = 0.0) ->
     return nn.Sequential(*layers)
 
 
+def with_batchnorm(layers: nn.Sequential) -> nn.Sequential:
+    """The same layers with a BatchNorm1d after every Linear."""
+    out = nn.Sequential()
+    for layer in layers:
+        out.append(layer)
+        if isinstance(layer, nn.Linear):
+            out.append(nn.BatchNorm1d(layer.out_features))
+    return out
+
+
 class GaussianNoise(nn.Module):
     """Adds N(0, std^2) noise in training mode only: the paper's input corruption for semi-supervised MNIST."""
 

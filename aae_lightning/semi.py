@@ -14,7 +14,8 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from aae_lightning.base import AdversarialHparams, AutoencoderBase
-from aae_lightning.hparams import Flag, hparam, non_negative, positive, redefault
+from aae_lightning.components import with_batchnorm
+from aae_lightning.hparams import Flag, hparam, non_negative, positive, probability, redefault
 from aae_lightning.priors import CategoricalPrior, GaussianPrior
 from aae_lightning.registry import register
 
@@ -30,6 +31,15 @@ class CategoricalStyleHparams(AdversarialHparams):
         "(0: off, the paper's model). The mean is over each process's batch, so under DDP the same weight pulls "
         "a little harder on smaller per-process batches",
         accepts=non_negative(),
+    )
+    input_dropout: float = hparam(
+        0.0, "dropout on the encoder's input only (the paper's clustering model: 0.2)", accepts=probability()
+    )
+    encoder_batchnorm: bool = hparam(
+        False,
+        "batch normalization after every linear layer of the encoder, heads included (the paper's clustering "
+        "model)",
+        accepts=Flag(),
     )
 
 
@@ -73,6 +83,11 @@ class CategoricalStyleAAE(AutoencoderBase):
         self.decoder = self.make_decoder(self.num_classes + self.config.latent_dim)
         self.add_adversary("y", CategoricalPrior(self.num_classes))
         self.add_adversary("z", GaussianPrior(self.config.latent_dim, self.config.prior_std))
+        if self.config.encoder_batchnorm:
+            self.encoder.trunk = with_batchnorm(self.encoder.trunk)
+            self.encoder.heads = nn.ModuleDict({name: with_batchnorm(nn.Sequential(head)) for name, head in self.encoder.heads.items()})
+        if self.config.input_dropout > 0:
+            self.encoder.trunk.insert(0, nn.Dropout(self.config.input_dropout))
 
     def regularized_codes(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         codes = self.encoder(self.training_images(batch))

@@ -71,13 +71,14 @@ def test_clustering_has_k_clusters_and_never_sees_a_label(tiny_mnist_dir: Path) 
         assert torch.isfinite(loss)
 
 
-def test_clustering_with_the_papers_encoder_extras_trains(tiny_mnist_dir: Path) -> None:
-    model = get_variant("clustering")(input_dropout=0.2, encoder_batchnorm=True, **TINY)
+@pytest.mark.parametrize(("variant", "metric"), [("clustering", "val/cluster_acc"), ("semi", "val/acc")])
+def test_the_papers_clustering_encoder_extras_train(tiny_mnist_dir: Path, variant: str, metric: str) -> None:
+    model = get_variant(variant)(input_dropout=0.2, encoder_batchnorm=True, **TINY)
     kinds = [type(layer).__name__ for layer in model.encoder.trunk]
     assert kinds[0] == "Dropout" and kinds.count("BatchNorm1d") == 2
     assert all(type(head[-1]).__name__ == "BatchNorm1d" for head in model.encoder.heads.values())
     trainer = fit_a_few_batches(model, tiny_mnist_dir)
-    assert 0 <= trainer.callback_metrics["val/cluster_acc"] <= 1
+    assert 0 <= trainer.callback_metrics[metric] <= 1
 
 
 def test_dimreduction_decodes_from_cluster_head_plus_style() -> None:

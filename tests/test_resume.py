@@ -299,7 +299,14 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path) ->
 
 
 def test_every_hyperparameter_added_since_the_first_checkpoints_has_the_value_they_were_trained_with() -> None:
-    assert ADDED_LATER == {"init_std": 0.0, "disc_input_noise": 0.0, "labeled_reconstruction": False, "class_balance": 0.0}
+    assert ADDED_LATER == {
+        "init_std": 0.0,
+        "disc_input_noise": 0.0,
+        "labeled_reconstruction": False,
+        "class_balance": 0.0,
+        "input_dropout": 0.0,
+        "encoder_batchnorm": False,
+    }
 
 
 def test_a_checkpoint_older_than_a_hyperparameter_resumes_with_the_value_it_was_trained_with() -> None:
