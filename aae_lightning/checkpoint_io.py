@@ -104,6 +104,7 @@ ADDED_LATER = {
     "class_balance": 0.0,
     "input_dropout": 0.0,
     "encoder_batchnorm": False,
+    "head_gradient": "reconstruction",
 }
 
 

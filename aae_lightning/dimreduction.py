@@ -8,7 +8,7 @@ The paper gives neither eta nor the std of z. Here eta is 5 prior stds (neighbou
 overlap), the heads start N(0, eta^2) so most pairs start apart already, and the penalty, summed over pairs,
 is added to the reconstruction loss: the heads train with the reconstruction phase's optimizer. One revision
 of musyoku's Chainer code gives them an optimizer of their own at the reconstruction rate; its others move them
-by the distance penalty alone, with eta 1.
+by the distance penalty alone, with eta 1 (here `--head-gradient penalty`).
 """
 
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aae_lightning.base import AutoencoderBase
-from aae_lightning.hparams import hparam, non_negative, positive, redefault
+from aae_lightning.hparams import OneOf, hparam, non_negative, positive, redefault
 from aae_lightning.registry import register
 from aae_lightning.semi import SemiHparams, SemiSupervisedAAE
 
@@ -31,6 +31,13 @@ class DimReductionHparams(SemiHparams):
     head_distance: float = hparam(5.0, "eta: cluster heads closer than this are pushed apart", accepts=positive())
     head_penalty: float = hparam(
         1.0, "weight of the cluster-head distance penalty in the reconstruction loss", accepts=non_negative()
+    )
+    head_gradient: str = hparam(
+        "reconstruction",
+        "what moves the cluster heads: 'reconstruction' (the reconstruction error and the distance penalty, as "
+        "one revision of musyoku's code) or 'penalty' (the distance penalty alone: the reconstruction error "
+        "trains only the encoder and decoder, as musyoku's other revisions)",
+        accepts=OneOf(("reconstruction", "penalty")),
     )
 
 
@@ -48,7 +55,10 @@ class DimReductionAAE(SemiSupervisedAAE):
     def decoder_input(self, codes: dict[str, Tensor], labels: Tensor | None) -> Tensor:
         # the semi-supervised input starts with the class code (softmax of y, or the one-hot of given labels)
         class_code = super().decoder_input(codes, labels)[:, : self.num_classes]
-        return self.cluster_heads(class_code) + codes["z"]
+        heads = self.cluster_heads.weight
+        if self.config.head_gradient == "penalty":
+            heads = heads.detach()
+        return class_code @ heads.t() + codes["z"]
 
     def head_penalty(self) -> Tensor:
         """Sum over pairs of heads of max(0, eta - distance)."""

@@ -107,6 +107,22 @@ def test_dimreduction_head_penalty_is_the_hinge_on_pairwise_distances() -> None:
     assert torch.count_nonzero(grad[:, 2:]) == 0
 
 
+@pytest.mark.parametrize("head_gradient", ["reconstruction", "penalty"])
+def test_dimreduction_heads_take_the_reconstruction_gradient_only_when_asked(head_gradient: str) -> None:
+    model = get_variant("dimreduction")(head_gradient=head_gradient, **TINY)
+    batch = {"x": torch.rand(8, 784)}
+    loss, _ = model.reconstruction_phase(batch)
+    loss.backward()
+    whole = model.cluster_heads.weight.grad.clone()
+    model.zero_grad()
+    (model.config.head_penalty * model.head_penalty()).backward()
+    penalty_only = model.cluster_heads.weight.grad
+    if head_gradient == "penalty":
+        torch.testing.assert_close(whole, penalty_only)
+    else:
+        assert not torch.allclose(whole, penalty_only)
+
+
 def test_label_regularized_pairs_codes_and_prior_samples_with_label_slots() -> None:
     model = get_variant("label_regularized")(**TINY)
     model.prior_generator.manual_seed(0)

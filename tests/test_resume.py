@@ -306,6 +306,7 @@ def test_every_hyperparameter_added_since_the_first_checkpoints_has_the_value_th
         "class_balance": 0.0,
         "input_dropout": 0.0,
         "encoder_batchnorm": False,
+        "head_gradient": "reconstruction",
     }
 
 
