@@ -110,3 +110,37 @@ def test_plot_curves_draws_the_metric_and_writes_each_runs_curve(case: str, tmp_
 def test_plot_curves_refuses_a_papers_number_that_is_not_a_number(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         load_benchmark("plot_curves").main(["--run", f"x={tmp_path}", "--paper", "x=many", "--out", str(tmp_path / "c.png")])
+
+
+def test_confusion_counts_each_true_and_predicted_pair() -> None:
+    confusion = load_benchmark("confusion")
+    labels = torch.tensor([9, 9, 9, 4, 4, 1, 1, 1])
+    predictions = torch.tensor([4, 4, 9, 9, 4, 1, 1, 7])
+    counts = confusion.confusion_matrix(labels, predictions)
+    assert counts.sum() == 8 and counts.trace() == 4
+    assert counts[9, 4] == 2 and counts[4, 9] == 1 and counts[1, 7] == 1
+    assert confusion.top_confusions(counts, 5) == [(9, 4, 2), (1, 7, 1), (4, 9, 1)]
+    text = confusion.report(counts, 2)
+    assert "accuracy 50.00 % (4 errors of 8)" in text and "9->4: 2" in text and "4:3/2" in text
+
+
+def test_confusion_reads_a_classifier_checkpoint_and_refuses_a_clustering_one(
+    tiny_mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import train
+
+    flags = ["--hidden-sizes", "32", "32", "--disc-hidden-sizes", "16", "--val-size", "100", "--batch-size", "50",
+             "--labels", "100", "--max-epochs", "1", "--logger", "none", "--gpus", "0", "--image-every-n-epochs", "0",
+             "--data-dir", str(tiny_mnist_dir), "--output-dir", str(tmp_path)]
+    for variant in ("semi", "clustering"):
+        assert train.main(["--variant", variant, "--run-name", variant, *flags]) == 0
+    capsys.readouterr()
+    confusion = load_benchmark("confusion")
+    assert confusion.main([str(tmp_path / "semi" / "checkpoints" / "last.ckpt")]) == 0
+    out = capsys.readouterr().out
+    received = out.split("images received / held per class: ")[1].split()
+    # every one of the 100 validation images is predicted once and held once
+    assert sum(int(cell.split(":")[1].split("/")[0]) for cell in received) == 100
+    assert sum(int(cell.split("/")[1]) for cell in received) == 100
+    assert confusion.main([str(tmp_path / "clustering" / "checkpoints" / "last.ckpt")]) == 2
+    assert "not a digit classifier" in capsys.readouterr().err
