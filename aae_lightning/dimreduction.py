@@ -58,7 +58,7 @@ class DimReductionAAE(SemiSupervisedAAE):
         heads = self.cluster_heads.weight
         if self.config.head_gradient == "penalty":
             heads = heads.detach()
-        return class_code @ heads.t() + codes["z"]
+        return F.linear(class_code, heads) + codes["z"]
 
     def head_penalty(self) -> Tensor:
         """Sum over pairs of heads of max(0, eta - distance)."""
