@@ -74,7 +74,8 @@ class SemiHparams(CategoricalStyleHparams):
 
 class CategoricalStyleAAE(AutoencoderBase):
     """What the semi-supervised, clustering and dimreduction models share: a categorical code y and a style z, both
-    regularized, decoded together. `num_classes` is the number of categories."""
+    regularized, decoded together, and optionally the paper's clustering encoder (input dropout, batch
+    normalization). `num_classes` is the number of categories."""
 
     phases = ("reconstruction", "regularization", "generator")
 
