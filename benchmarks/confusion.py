@@ -18,20 +18,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from aae_lightning.checkpoint_io import load_trained  # noqa: E402
 from aae_lightning.console import quiet_console  # noqa: E402
 from aae_lightning.errors import UserError  # noqa: E402
-
-NUM_CLASSES = 10
-
-
-def confusion_matrix(labels: Tensor, predictions: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
-    """counts[true, predicted]."""
-    counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    counts.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
-    return counts
+from callbacks.confusion import DIGITS  # noqa: E402
 
 
 def top_confusions(counts: Tensor, most: int) -> list[tuple[int, int, int]]:
@@ -75,7 +68,7 @@ def validation_confusion(path: str, data_dir: str | None, batch_size: int) -> Te
         raise UserError(f"{path} is not a digit classifier (its checkpoint is chosen by {model.monitor[0]})")
     images, labels = datamodule.validation_data()
     predictions = torch.cat([model.classify(batch).argmax(1) for batch in images.split(batch_size)])
-    return confusion_matrix(labels, predictions)
+    return multiclass_confusion_matrix(predictions, labels, DIGITS)  # counts[true, predicted], as the callback's
 
 
 if __name__ == "__main__":

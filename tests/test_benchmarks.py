@@ -12,6 +12,9 @@ from types import ModuleType
 
 import pytest
 import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from trainers import TINY_FLAGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +119,7 @@ def test_confusion_counts_each_true_and_predicted_pair() -> None:
     confusion = load_benchmark("confusion")
     labels = torch.tensor([9, 9, 9, 4, 4, 1, 1, 1])
     predictions = torch.tensor([4, 4, 9, 9, 4, 1, 1, 7])
-    counts = confusion.confusion_matrix(labels, predictions)
+    counts = multiclass_confusion_matrix(predictions, labels, 10)
     assert counts.sum() == 8 and counts.trace() == 4
     assert counts[9, 4] == 2 and counts[4, 9] == 1 and counts[1, 7] == 1
     assert confusion.top_confusions(counts, 5) == [(9, 4, 2), (1, 7, 1), (4, 9, 1)]
@@ -129,11 +132,9 @@ def test_confusion_reads_a_classifier_checkpoint_and_refuses_a_clustering_one(
 ) -> None:
     import train
 
-    flags = ["--hidden-sizes", "32", "32", "--disc-hidden-sizes", "16", "--val-size", "100", "--batch-size", "50",
-             "--labels", "100", "--max-epochs", "1", "--logger", "none", "--gpus", "0", "--image-every-n-epochs", "0",
-             "--data-dir", str(tiny_mnist_dir), "--output-dir", str(tmp_path)]
     for variant in ("semi", "clustering"):
-        assert train.main(["--variant", variant, "--run-name", variant, *flags]) == 0
+        assert train.main(["--variant", variant, "--run-name", variant, "--data-dir", str(tiny_mnist_dir),
+                           "--output-dir", str(tmp_path), *TINY_FLAGS]) == 0
     capsys.readouterr()
     confusion = load_benchmark("confusion")
     assert confusion.main([str(tmp_path / "semi" / "checkpoints" / "last.ckpt")]) == 0

@@ -13,9 +13,8 @@ import torch
 import evaluate
 import train
 from tests.conftest import REPO_ROOT
+from trainers import TINY_FLAGS
 
-TINY_FLAGS = ["--hidden-sizes", "32", "32", "--disc-hidden-sizes", "16", "--val-size", "100", "--batch-size", "50",
-              "--labels", "100", "--max-epochs", "1", "--logger", "none", "--gpus", "0", "--image-every-n-epochs", "0"]
 PARZEN_FLAGS = ["--parzen-samples", "300", "--parzen-val-size", "40", "--parzen-test-size", "60"]
 
 

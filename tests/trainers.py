@@ -30,3 +30,9 @@ def make_trainer(batches: int | None, epochs: int = 1, callbacks: list[pl.Callba
 def gpus_flag(device: str) -> list[str]:
     """train.py's flag for a test's `device` ("cpu" or "cuda"), as a user asks for it."""
     return ["--gpus", "0" if device == "cpu" else "1"]
+
+
+#: train.py flags for a one-epoch run of a tiny model on the tiny MNIST files (100 labels, 100 validation images),
+#: without logger or images: what a test needs to get a real checkpoint fast
+TINY_FLAGS = ["--hidden-sizes", "32", "32", "--disc-hidden-sizes", "16", "--val-size", "100", "--batch-size", "50",
+              "--labels", "100", "--max-epochs", "1", "--logger", "none", "--gpus", "0", "--image-every-n-epochs", "0"]
