@@ -2,15 +2,26 @@
 
 from dataclasses import dataclass
 
-from aae_lightning.base import AdversarialHparams, AutoencoderBase
+from aae_lightning.base import IMAGE_DIM, AdversarialHparams, AutoencoderBase
+from aae_lightning.components import Encoder, GaussianPosteriorEncoder
 from aae_lightning.hparams import OneOf, hparam, redefault
 from aae_lightning.priors import PRIOR_NAMES, check_prior_dim, make_prior
 from aae_lightning.registry import register
+
+#: the paper's first two choices of q(z|x) (section 2); its third, the universal approximator, is not built
+POSTERIORS = ("deterministic", "gaussian")
 
 
 @dataclass
 class AAEHparams(AdversarialHparams):
     prior: str = hparam("gaussian", "prior on z (mixture and swiss_roll are 2-D)", accepts=OneOf(PRIOR_NAMES))
+    posterior: str = hparam(
+        "deterministic",
+        "q(z|x): 'deterministic' (z is a function of x) or 'gaussian' "
+        "(the encoder predicts a mean and a log-variance and training draws z from them; evaluation, encode "
+        "and reconstruct use the mean)",
+        accepts=OneOf(POSTERIORS),
+    )
     # At the other variants' 1e-4 a 2-D code was still half as far from N(0, 5^2) as the plain autoencoder's after
     # 500 batches (energy distance); at 1e-3 it matched the prior within 300 (tests/test_learning.py)
     regularization_lr: float = redefault(AdversarialHparams, "regularization_lr", 1e-3)
@@ -29,3 +40,10 @@ class AdversarialAutoencoder(AutoencoderBase):
     def build(self) -> None:
         super().build()
         self.add_adversary("z", make_prior(self.config.prior, self.config.latent_dim, self.config.prior_std))
+
+    def make_encoder(self, heads: dict[str, int]) -> Encoder:
+        if self.config.posterior == "deterministic":
+            return super().make_encoder(heads)
+        return GaussianPosteriorEncoder(
+            IMAGE_DIM, self.config.hidden_sizes, heads, self.config.dropout, self.config.input_noise
+        )

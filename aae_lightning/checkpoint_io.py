@@ -105,6 +105,7 @@ ADDED_LATER = {
     "input_dropout": 0.0,
     "encoder_batchnorm": False,
     "head_gradient": "reconstruction",
+    "posterior": "deterministic",
 }
 
 

@@ -66,6 +66,33 @@ class Encoder(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
+class GaussianPosteriorEncoder(Encoder):
+    """q(z|x) = N(mu(x), diag(sigma(x)^2)), the paper's second choice of posterior (section 2): each head has a
+    mean and a log-variance of its own. In training mode `forward` returns a reparameterised sample of every head,
+    so the decoder and the discriminators see codes drawn from the posterior; in eval mode it returns the means."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: Sequence[int],
+        heads: dict[str, int],
+        dropout: float = 0.0,
+        input_noise: float = 0.0,
+    ) -> None:
+        log_variances = {f"{name}_logvar": width for name, width in heads.items()}
+        super().__init__(input_dim, hidden, {**heads, **log_variances}, dropout, input_noise)
+        self.sampled_heads = tuple(heads)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        outputs = super().forward(x)
+        if not self.training:
+            return {name: outputs[name] for name in self.sampled_heads}
+        return {
+            name: outputs[name] + (0.5 * outputs[f"{name}_logvar"]).exp() * torch.randn_like(outputs[name])
+            for name in self.sampled_heads
+        }
+
+
 class Decoder(nn.Module):
     """p(x|code): an MLP from a code to pixel logits; `decode` in the modules applies the sigmoid."""
 

@@ -4,6 +4,7 @@ own for the adversarial phases; and the presets that reproduce Table 2."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -179,6 +180,34 @@ def test_class_balance_adds_the_weighted_imbalance_to_the_generator_loss(variant
 def test_class_balance_belongs_to_the_models_with_a_categorical_code_only(variant: str) -> None:
     with pytest.raises(TypeError):
         tiny(variant, class_balance=1.0)
+
+
+def test_a_gaussian_posterior_samples_codes_in_training_and_gives_its_mean_otherwise() -> None:
+    torch.manual_seed(0)
+    model = tiny("aae", posterior="gaussian", latent_dim=3)
+    log_variance = model.encoder.heads["z_logvar"]
+    torch.nn.init.zeros_(log_variance.weight)
+    torch.nn.init.constant_(log_variance.bias, math.log(4.0))  # sigma(x) = 2 for every image
+    image = torch.rand(1, 784).expand(4000, 784)
+    mean = model.encoder.heads["z"](model.encoder.trunk(image[:1])).detach()
+    model.train()
+    draws = model.adversarial_codes({"x": image})["z"].detach()
+    assert draws.mean(dim=0) == pytest.approx(mean[0].tolist(), abs=0.15)
+    assert draws.std(dim=0).tolist() == pytest.approx([2.0] * 3, rel=0.05)
+    # the sample is what the discriminator judges and the decoder rebuilds from: both phases backpropagate into
+    # the log-variance head, which the deterministic encoder does not have
+    model.generator_phase({"x": image})[0].backward()
+    assert log_variance.weight.grad.abs().sum() > 0
+    assert "z_logvar" not in tiny("aae").encoder.heads
+    model.eval()
+    assert torch.equal(model.encode(image[:2]), mean.expand(2, 3))
+
+
+def test_a_gaussian_posterior_is_an_option_of_the_unsupervised_aae_only() -> None:
+    with pytest.raises(TypeError):
+        tiny("semi", posterior="gaussian")
+    with pytest.raises(UserError, match="posterior"):
+        tiny("aae", posterior="universal")
 
 
 @pytest.mark.parametrize("preset", train.preset_names())

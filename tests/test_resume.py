@@ -307,6 +307,7 @@ def test_every_hyperparameter_added_since_the_first_checkpoints_has_the_value_th
         "input_dropout": 0.0,
         "encoder_batchnorm": False,
         "head_gradient": "reconstruction",
+        "posterior": "deterministic",
     }
 
 
