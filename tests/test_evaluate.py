@@ -64,6 +64,20 @@ def test_evaluate_reports_test_accuracy_of_a_classifier(checkpoints: dict[str, P
     assert results["split"]["num_labels"] == 100
 
 
+def test_a_gaussian_posterior_aae_trains_and_is_scored_by_its_parzen_estimate(
+    tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
+    assert train.main(["--variant", "aae", "--latent-dim", "8", "--posterior", "gaussian", "--data-dir",
+                       str(tiny_mnist_dir), "--output-dir", str(tmp_path), "--run-name", "gauss", *TINY_FLAGS]) == 0
+    checkpoint = tmp_path / "gauss" / "checkpoints" / "last.ckpt"
+    assert "encoder.heads.z_logvar.weight" in torch.load(checkpoint, weights_only=False)["state_dict"]
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--ckpt", str(checkpoint), "--data-dir", str(tiny_mnist_dir), "--json", str(out),
+                          *PARZEN_FLAGS]) == 0
+    results = json.loads(out.read_text())
+    assert results["variant"] == "aae" and torch.isfinite(torch.tensor(results["test/parzen_ll"]))
+
+
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert evaluate.main(argv) == 2
     error = capsys.readouterr().err
