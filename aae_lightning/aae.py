@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from aae_lightning.base import IMAGE_DIM, AdversarialHparams, AutoencoderBase
+from aae_lightning.base import AdversarialHparams, AutoencoderBase
 from aae_lightning.components import Encoder, GaussianPosteriorEncoder
 from aae_lightning.hparams import OneOf, hparam, redefault
 from aae_lightning.priors import PRIOR_NAMES, check_prior_dim, make_prior
@@ -41,9 +41,7 @@ class AdversarialAutoencoder(AutoencoderBase):
         super().build()
         self.add_adversary("z", make_prior(self.config.prior, self.config.latent_dim, self.config.prior_std))
 
-    def make_encoder(self, heads: dict[str, int]) -> Encoder:
-        if self.config.posterior == "deterministic":
-            return super().make_encoder(heads)
-        return GaussianPosteriorEncoder(
-            IMAGE_DIM, self.config.hidden_sizes, heads, self.config.dropout, self.config.input_noise
-        )
+    def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder) -> Encoder:
+        if self.config.posterior == "gaussian":
+            encoder_class = GaussianPosteriorEncoder
+        return super().make_encoder(heads, encoder_class)

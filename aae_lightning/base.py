@@ -44,6 +44,12 @@ class AutoencoderHparams(DeclaredHparams):
     )
     latent_dim: int = hparam(2, "width of the continuous code z", accepts=positive(int))
     dropout: float = hparam(0.0, "dropout before every linear layer of encoder and decoder", accepts=probability())
+    hidden_dropout: float = hparam(
+        0.0,
+        "dropout on the output of every hidden layer of encoder, decoder and discriminators (keil555's Parzen "
+        "model); unlike --dropout it leaves the pixels and the codes whole",
+        accepts=probability(),
+    )
     input_noise: float = hparam(
         0.0, "std of Gaussian noise added to the encoder's input while training", accepts=non_negative()
     )
@@ -148,16 +154,21 @@ class AutoencoderBase(pl.LightningModule):
         self.encoder = self.make_encoder({"z": self.config.latent_dim})
         self.decoder = self.make_decoder(self.config.latent_dim)
 
-    def make_encoder(self, heads: dict[str, int]) -> Encoder:
-        return Encoder(IMAGE_DIM, self.config.hidden_sizes, heads, self.config.dropout, self.config.input_noise)
+    def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder) -> Encoder:
+        config = self.config
+        return encoder_class(
+            IMAGE_DIM, config.hidden_sizes, heads, config.dropout, config.input_noise, config.hidden_dropout
+        )
 
     def make_decoder(self, code_dim: int) -> Decoder:
-        return Decoder(code_dim, self.config.hidden_sizes, IMAGE_DIM, self.config.dropout)
+        return Decoder(code_dim, self.config.hidden_sizes, IMAGE_DIM, self.config.dropout, self.config.hidden_dropout)
 
     def add_adversary(self, name: str, prior: Prior, input_dim: int | None = None) -> None:
         """Regularize the code `name` towards `prior` with a discriminator of its own."""
         self.priors[name] = prior
-        self.discriminators[name] = Discriminator(input_dim or prior.dim, self.config.disc_hidden_sizes)
+        self.discriminators[name] = Discriminator(
+            input_dim or prior.dim, self.config.disc_hidden_sizes, hidden_dropout=self.config.hidden_dropout
+        )
 
     def make_metrics(self) -> dict[str, Metric]:
         """Scalar metrics, each logged as `val/<name>` and `test/<name>` once per epoch."""

@@ -106,6 +106,7 @@ ADDED_LATER = {
     "encoder_batchnorm": False,
     "head_gradient": "reconstruction",
     "posterior": "deterministic",
+    "hidden_dropout": 0.0,
 }
 
 

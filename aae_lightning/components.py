@@ -8,16 +8,24 @@ import torch
 from torch import Tensor, nn
 
 
-def mlp(sizes: Sequence[int], dropout: float = 0.0, input_noise: float = 0.0) -> nn.Sequential:
-    """Linear layers with ReLU between them and a linear last layer (callers apply their own output function)."""
+def mlp(
+    sizes: Sequence[int], dropout: float = 0.0, input_noise: float = 0.0, hidden_dropout: float = 0.0
+) -> nn.Sequential:
+    """Linear layers with ReLU between them and a linear last layer (callers apply their own output function).
+    `dropout` drops the input of every linear layer, `hidden_dropout` the output of every hidden ReLU."""
     layers: list[nn.Module] = [GaussianNoise(input_noise)] if input_noise > 0 else []
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(fan_in, fan_out))
         if index < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.extend(hidden_activation(hidden_dropout))
     return nn.Sequential(*layers)
+
+
+def hidden_activation(hidden_dropout: float) -> list[nn.Module]:
+    """A hidden layer's ReLU, and the dropout of its output when asked for."""
+    return [nn.ReLU(), nn.Dropout(hidden_dropout)] if hidden_dropout > 0 else [nn.ReLU()]
 
 
 def with_batchnorm(layers: nn.Sequential) -> nn.Sequential:
@@ -55,10 +63,11 @@ class Encoder(nn.Module):
         heads: dict[str, int],
         dropout: float = 0.0,
         input_noise: float = 0.0,
+        hidden_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.trunk = mlp([input_dim, *hidden], dropout=dropout, input_noise=input_noise)
-        self.trunk.append(nn.ReLU())
+        self.trunk = mlp([input_dim, *hidden], dropout=dropout, input_noise=input_noise, hidden_dropout=hidden_dropout)
+        self.trunk.extend(hidden_activation(hidden_dropout))
         self.heads = nn.ModuleDict({name: nn.Linear(hidden[-1], width) for name, width in heads.items()})
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -78,9 +87,10 @@ class GaussianPosteriorEncoder(Encoder):
         heads: dict[str, int],
         dropout: float = 0.0,
         input_noise: float = 0.0,
+        hidden_dropout: float = 0.0,
     ) -> None:
         log_variances = {f"{name}_logvar": width for name, width in heads.items()}
-        super().__init__(input_dim, hidden, {**heads, **log_variances}, dropout, input_noise)
+        super().__init__(input_dim, hidden, {**heads, **log_variances}, dropout, input_noise, hidden_dropout)
         self.sampled_heads = tuple(heads)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -96,9 +106,11 @@ class GaussianPosteriorEncoder(Encoder):
 class Decoder(nn.Module):
     """p(x|code): an MLP from a code to pixel logits; `decode` in the modules applies the sigmoid."""
 
-    def __init__(self, code_dim: int, hidden: Sequence[int], output_dim: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, code_dim: int, hidden: Sequence[int], output_dim: int, dropout: float = 0.0, hidden_dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.net = mlp([code_dim, *reversed(hidden), output_dim], dropout=dropout)
+        self.net = mlp([code_dim, *reversed(hidden), output_dim], dropout=dropout, hidden_dropout=hidden_dropout)
 
     def forward(self, code: Tensor) -> Tensor:
         return self.net(code)
@@ -107,9 +119,9 @@ class Decoder(nn.Module):
 class Discriminator(nn.Module):
     """Tells prior samples (target 1) from encoder codes (target 0); returns one logit per row."""
 
-    def __init__(self, input_dim: int, hidden: Sequence[int], dropout: float = 0.0) -> None:
+    def __init__(self, input_dim: int, hidden: Sequence[int], dropout: float = 0.0, hidden_dropout: float = 0.0) -> None:
         super().__init__()
-        self.net = mlp([input_dim, *hidden, 1], dropout=dropout)
+        self.net = mlp([input_dim, *hidden, 1], dropout=dropout, hidden_dropout=hidden_dropout)
 
     def forward(self, code: Tensor) -> Tensor:
         return self.net(code).squeeze(-1)

@@ -142,6 +142,25 @@ def test_mlp_has_the_requested_layers_and_a_linear_output() -> None:
     assert sum(isinstance(layer, nn.ReLU) for layer in net) == 2
 
 
+def test_hidden_dropout_drops_every_hidden_output_and_neither_pixels_nor_codes() -> None:
+    net = mlp([784, 1000, 1000, 2], hidden_dropout=0.2)
+    kinds = [type(layer).__name__ for layer in net]
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    encoder = Encoder(784, (32, 16), {"z": 2}, hidden_dropout=0.2)
+    assert [type(layer).__name__ for layer in encoder.trunk][-2:] == ["ReLU", "Dropout"]  # its last hidden layer too
+    assert sum(isinstance(layer, nn.Dropout) for layer in Decoder(2, (32, 16), 784, hidden_dropout=0.2).net) == 2
+    assert sum(isinstance(layer, nn.Dropout) for layer in Discriminator(2, (32,), hidden_dropout=0.2).net) == 1
+    assert not any(isinstance(layer, nn.Dropout) for layer in mlp([784, 1000, 2]))
+
+
+@pytest.mark.parametrize("variant", ["aae", "semi", "clustering"])
+def test_hidden_dropout_reaches_every_network_of_a_model(variant: str) -> None:
+    model = get_variant(variant)(hidden_sizes=(16, 16), disc_hidden_sizes=(8,), hidden_dropout=0.3)
+    for network in (model.encoder, model.decoder, *model.discriminators.values()):
+        rates = {layer.p for layer in network.modules() if isinstance(layer, nn.Dropout)}
+        assert rates == {0.3}
+
+
 def test_encoder_decoder_and_discriminator_sizes() -> None:
     encoder = Encoder(784, (300, 200), {"y": 10, "z": 4})
     outputs = encoder(torch.rand(5, 784))
