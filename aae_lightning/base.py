@@ -157,7 +157,8 @@ class AutoencoderBase(pl.LightningModule):
     def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder) -> Encoder:
         config = self.config
         return encoder_class(
-            IMAGE_DIM, config.hidden_sizes, heads, config.dropout, config.input_noise, config.hidden_dropout
+            IMAGE_DIM, config.hidden_sizes, heads,
+            dropout=config.dropout, input_noise=config.input_noise, hidden_dropout=config.hidden_dropout,
         )
 
     def make_decoder(self, code_dim: int) -> Decoder:

@@ -80,17 +80,9 @@ class GaussianPosteriorEncoder(Encoder):
     mean and a log-variance of its own. In training mode `forward` returns a reparameterised sample of every head,
     so the decoder and the discriminators see codes drawn from the posterior; in eval mode it returns the means."""
 
-    def __init__(
-        self,
-        input_dim: int,
-        hidden: Sequence[int],
-        heads: dict[str, int],
-        dropout: float = 0.0,
-        input_noise: float = 0.0,
-        hidden_dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, input_dim: int, hidden: Sequence[int], heads: dict[str, int], **regularizers: float) -> None:
         log_variances = {f"{name}_logvar": width for name, width in heads.items()}
-        super().__init__(input_dim, hidden, {**heads, **log_variances}, dropout, input_noise, hidden_dropout)
+        super().__init__(input_dim, hidden, {**heads, **log_variances}, **regularizers)
         self.sampled_heads = tuple(heads)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
