@@ -114,7 +114,9 @@ def check_resumable(
     checkpoint: dict[str, Any], path: str | Path, variant: str, hparams: dict[str, Any], datamodule_hparams: dict[str, Any]
 ) -> None:
     """Resuming continues the very run the checkpoint comes from: same variant, same model and data settings
-    (the data may have moved). Anything else is a `UserError` that names every differing flag."""
+    (the data may have moved). The one setting that may change is the schedule ahead: milestones after the
+    checkpoint's epoch, which the epochs it trained never used, so the run stays the one the new flags would
+    train from scratch. Anything else is a `UserError` that names every differing flag."""
     if checkpoint["aae_variant"] != variant:
         raise UserError(
             f"{path} is a checkpoint of --variant {checkpoint['aae_variant']}, not {variant}; resume it with "
@@ -126,10 +128,22 @@ def check_resumable(
     differing = [
         f"{flag(FLAG_NAMES.get(name, name))} {_shown(saved.get(name))} (now {_shown(wanted.get(name))})"
         for name in sorted(set(saved) | set(wanted))
-        if name not in RELOCATABLE and _comparable(saved.get(name)) != _comparable(wanted.get(name))
+        if name not in RELOCATABLE
+        and _trained_part(name, saved.get(name), checkpoint.get("epoch", 0))
+        != _trained_part(name, wanted.get(name), checkpoint.get("epoch", 0))
     ]
     if differing:
         raise UserError(f"{path} was trained with {', '.join(differing)}; resume it with the flags it was trained with")
+
+
+def _trained_part(name: str, value: Any, epoch: int) -> Any:
+    """What of a setting the checkpoint's epochs trained with. A milestone m first lowers the rates of epoch m,
+    so of the milestones only those up to the checkpoint's epoch count (a checkpoint written after its epoch's
+    end carries the next epoch's number: that milestone is kept too, which errs on the side of refusing)."""
+    value = _comparable(value)
+    if name == "lr_milestones" and value is not None:
+        return tuple(sorted(milestone for milestone in value if milestone <= epoch))
+    return value
 
 
 def _comparable(value: Any) -> Any:

@@ -319,3 +319,17 @@ def test_a_checkpoint_older_than_a_hyperparameter_resumes_with_the_value_it_was_
     check_resumable(checkpoint, "old.ckpt", "semi", hparams, {})
     with pytest.raises(UserError, match="--init-std 0.0 \\(now 0.01\\)"):
         check_resumable(checkpoint, "old.ckpt", "semi", {**hparams, "init_std": 0.01}, {})
+
+
+def test_milestones_may_change_on_resuming_only_where_the_checkpoint_has_not_trained_yet() -> None:
+    hparams = {**dataclasses.asdict(get_variant("aae").Hparams()), "lr_milestones": (3,)}
+    checkpoint = {"aae_variant": "aae", "hyper_parameters": hparams, "datamodule_hyper_parameters": {}, "epoch": 49}
+    # epochs 0-49 trained at the first rates: a drop from epoch 50 on, or a later one moved, leaves them as they were
+    check_resumable(checkpoint, "e49.ckpt", "aae", {**hparams, "lr_milestones": (3, 50)}, {})
+    check_resumable({**checkpoint, "hyper_parameters": {**hparams, "lr_milestones": (3, 80)}}, "e49.ckpt", "aae",
+                    {**hparams, "lr_milestones": [3, 60]}, {})
+    for rewritten in ((), (4,), (3, 49), (3, 10)):
+        with pytest.raises(UserError, match="--lr-milestones 3 \\(now"):
+            check_resumable(checkpoint, "e49.ckpt", "aae", {**hparams, "lr_milestones": rewritten}, {})
+    with pytest.raises(UserError, match="--lr-gamma"):
+        check_resumable(checkpoint, "e49.ckpt", "aae", {**hparams, "lr_milestones": (3, 50), "lr_gamma": 0.5}, {})
