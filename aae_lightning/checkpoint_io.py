@@ -107,6 +107,7 @@ ADDED_LATER = {
     "head_gradient": "reconstruction",
     "posterior": "deterministic",
     "hidden_dropout": 0.0,
+    "head_batchnorm": True,
 }
 
 

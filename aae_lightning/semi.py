@@ -41,6 +41,12 @@ class CategoricalStyleHparams(AdversarialHparams):
         "model)",
         accepts=Flag(),
     )
+    head_batchnorm: bool = hparam(
+        True,
+        "with --encoder-batchnorm, the heads' outputs (the y logits and z) are normalized too, as 1henrypage's "
+        "reimplementation does; --no-head-batchnorm normalizes the trunk alone (the paper says only 'in the encoder')",
+        accepts=Flag(),
+    )
 
 
 @dataclass
@@ -86,7 +92,8 @@ class CategoricalStyleAAE(AutoencoderBase):
         self.add_adversary("z", GaussianPrior(self.config.latent_dim, self.config.prior_std))
         if self.config.encoder_batchnorm:
             self.encoder.trunk = with_batchnorm(self.encoder.trunk)
-            self.encoder.heads = nn.ModuleDict({name: with_batchnorm(nn.Sequential(head)) for name, head in self.encoder.heads.items()})
+            if self.config.head_batchnorm:
+                self.encoder.heads = nn.ModuleDict({name: with_batchnorm(nn.Sequential(head)) for name, head in self.encoder.heads.items()})
         if self.config.input_dropout > 0:
             self.encoder.trunk.insert(0, nn.Dropout(self.config.input_dropout))
 

@@ -81,6 +81,12 @@ def test_the_papers_clustering_encoder_extras_train(tiny_mnist_dir: Path, varian
     assert 0 <= trainer.callback_metrics[metric] <= 1
 
 
+def test_no_head_batchnorm_normalizes_the_trunk_alone() -> None:
+    model = get_variant("clustering")(encoder_batchnorm=True, head_batchnorm=False, **TINY)
+    assert [type(layer).__name__ for layer in model.encoder.trunk].count("BatchNorm1d") == 2
+    assert all(type(head).__name__ == "Linear" for head in model.encoder.heads.values())
+
+
 def test_dimreduction_decodes_from_cluster_head_plus_style() -> None:
     model = get_variant("dimreduction")(**TINY)
     assert model.decoder.net[0].in_features == 2

@@ -309,6 +309,7 @@ def test_every_hyperparameter_added_since_the_first_checkpoints_has_the_value_th
         "head_gradient": "reconstruction",
         "posterior": "deterministic",
         "hidden_dropout": 0.0,
+        "head_batchnorm": True,
     }
 
 
