@@ -214,3 +214,40 @@ def test_a_gaussian_posterior_is_an_option_of_the_unsupervised_aae_only() -> Non
 def test_every_preset_names_only_hyperparameters_its_variant_accepts(preset: str) -> None:
     args = train.parse_args(["--preset", preset])
     assert train.model_hparams(args)  # raises on a flag the variant lacks or a value its declaration refuses
+
+
+def test_a_preset_holds_what_differs_from_its_base_and_its_own_values_win(tmp_path) -> None:
+    (tmp_path / "narrow.yaml").write_text("base: paper-clustering-30\nhidden_sizes: [100, 100]\nmax_epochs: 3\n")
+    (tmp_path / "narrower.yaml").write_text("base: narrow.yaml\nmax_epochs: 2\n")
+    paper = train.load_preset("paper-clustering-30")
+    narrower = train.load_preset(str(tmp_path / "narrower.yaml"))
+    assert "base" not in narrower
+    assert narrower == {**paper, "hidden_sizes": [100, 100], "max_epochs": 2}
+    # through the command line a flag still wins over both
+    args = train.parse_args(["--preset", str(tmp_path / "narrower.yaml"), "--max-epochs", "7"])
+    assert (args.max_epochs, args.hidden_sizes, args.num_clusters) == (7, [100, 100], 30)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"loop.yaml": "base: loop.yaml\n"}, "its own base"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\nmax_epochs: 1\n"}, "its own base"),
+        ({"a.yaml": "base: no-such-preset\n"}, "no-such-preset"),
+        ({"a.yaml": "base: [paper-semi-100]\n"}, "base must be a preset's name"),
+    ],
+)
+def test_a_preset_base_that_cannot_be_resolved_is_refused(tmp_path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=message):
+        train.load_preset(str(tmp_path / next(iter(files))))
+
+
+@pytest.mark.parametrize("preset", [name for name in train.preset_names() if name.startswith("fast-")])
+def test_every_cpu_budget_preset_names_the_paper_preset_it_departs_from(preset: str) -> None:
+    import yaml
+
+    own = yaml.safe_load((train.PRESET_DIR / f"{preset}.yaml").read_text())
+    assert own["base"] == "paper-" + preset.removeprefix("fast-")
+    assert "variant" not in own  # the experiment is the paper's; only the budget differs
