@@ -95,6 +95,10 @@ def main() -> None:
                 "phases": list(cls.phases),
                 "val_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
             }), flush=True)
+    # torch leaves the gloo group to interpreter shutdown otherwise, where its threads can abort the process
+    # ("terminate called without an active exception", exit code -6) after every check has passed
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
