@@ -219,8 +219,9 @@ def load_preset(name: str, _extending: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown --preset {name!r}; choose from {', '.join(preset_names())} or give a YAML file")
-    if path.resolve() in _extending:
-        chain = " -> ".join(seen.stem for seen in (*_extending, path.resolve()))
+    resolved = path.resolve()
+    if resolved in _extending:
+        chain = " -> ".join(seen.stem for seen in (*_extending, resolved))
         raise UserError(f"--preset {path} is its own base ({chain})")
     try:
         values = yaml.safe_load(path.read_text())
@@ -237,7 +238,7 @@ def load_preset(name: str, _extending: tuple[Path, ...] = ()) -> dict[str, Any]:
     # a base given as a file is found beside the preset that names it
     base_name = str(path.parent / base) if base.endswith((".yaml", ".yml")) else base
     try:
-        base_values = load_preset(base_name, (*_extending, path.resolve()))
+        base_values = load_preset(base_name, (*_extending, resolved))
     except UserError as error:
         raise UserError(f"{error} (the base of --preset {path})") from None
     return {**base_values, **values}
