@@ -29,6 +29,7 @@ from aae_lightning import VARIANTS, AutoencoderBase, NonFiniteLossError, get_var
 from aae_lightning.base import AutoencoderHparams
 from aae_lightning.checkpoint_io import AtomicCheckpointIO, check_resumable, read_checkpoint
 from aae_lightning.console import quiet_console
+from aae_lightning.distributed import leave_process_group
 from aae_lightning.errors import UserError
 from aae_lightning.hparams import Accepts, declarations, flag
 
@@ -596,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank_zero_only.rank == 0:  # every DDP process finds the same problem; say it once
             print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR if isinstance(error, UserError) else EXIT_DIVERGED
+    finally:
+        leave_process_group()
     return 0
 
 

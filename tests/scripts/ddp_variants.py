@@ -19,6 +19,7 @@ import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
 
 from aae_lightning import NonFiniteLossError, get_variant
+from aae_lightning.distributed import leave_process_group
 from datamodules import MNISTDataModule
 
 SMALL_NETWORKS = {"hidden_sizes": (64, 64), "disc_hidden_sizes": (32,)}
@@ -95,10 +96,7 @@ def main() -> None:
                 "phases": list(cls.phases),
                 "val_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
             }), flush=True)
-    # torch leaves the gloo group to interpreter shutdown otherwise, where its threads can abort the process
-    # ("terminate called without an active exception", exit code -6) after every check has passed
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from aae_lightning import get_variant
+from aae_lightning.distributed import leave_process_group
 from datamodules import MNISTDataModule
 
 
@@ -29,6 +30,7 @@ def main() -> None:
     metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     if trainer.is_global_zero:
         print(json.dumps({"devices": args.devices, **{k: float(v) for k, v in metrics.items()}}), flush=True)
+    leave_process_group()
 
 
 if __name__ == "__main__":
