@@ -25,8 +25,9 @@ def run(args: list[str], expect_code: int = 0, timeout: float = 600) -> subproce
     return process
 
 
-def json_lines(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+def json_lines(stdout: str, start: str = "{") -> list[dict]:
+    """The lines of `stdout` that begin with `start`, each parsed as JSON."""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith(start)]
 
 
 def test_every_variant_trains_under_ddp_with_replicas_in_sync(tiny_mnist_dir: Path) -> None:
@@ -98,9 +99,8 @@ def test_train_py_leaves_the_process_group_before_it_returns(tiny_mnist_dir: Pat
     process = run([str(SCRIPTS / "train_then_report_process_group.py"), "--variant", "aae", "--data-dir",
                    str(tiny_mnist_dir), *TINY_FLAGS, "--accelerator", "cpu", "--devices", "2", "--output-dir",
                    str(tmp_path)])
-    # (train.py's results, printed by rank 0, are indented JSON: their lines do not start with this)
-    reports = sorted((json.loads(line) for line in process.stdout.splitlines() if line.startswith('{"rank"')),
-                     key=lambda report: report["rank"])
+    # train.py's results, printed by rank 0, are indented JSON, whose lines do not start with this
+    reports = sorted(json_lines(process.stdout, start='{"rank"'), key=lambda report: report["rank"])
     assert reports == [{"rank": rank, "exit_code": 0, "holds_process_group": False} for rank in (0, 1)], process.stdout
 
 
