@@ -38,13 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, type=Path, help="a checkpoint written by train.py")
     parser.add_argument("--data-dir", default=None, help="folder with MNIST/raw/ (default: the one the run trained on)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    parser.add_argument("--parzen", action=argparse.BooleanOptionalAction, default=True,
-                        help="estimate the Parzen window log-likelihood (variants with a prior)")
+    parser.add_argument(
+        "--parzen",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="estimate the Parzen window log-likelihood (variants with a prior)",
+    )
     parser.add_argument("--parzen-samples", type=positive_int, default=10_000, help="decoder samples from the prior")
-    parser.add_argument("--parzen-val-size", type=positive_int, default=1_000,
-                        help="validation images that choose the kernel width (parzen_ll.py uses 1,000)")
-    parser.add_argument("--parzen-test-size", type=positive_int, default=None,
-                        help="score only the first N test images (default: all 10,000)")
+    parser.add_argument(
+        "--parzen-val-size",
+        type=positive_int,
+        default=1_000,
+        help="validation images that choose the kernel width (parzen_ll.py uses 1,000)",
+    )
+    parser.add_argument(
+        "--parzen-test-size",
+        type=positive_int,
+        default=None,
+        help="score only the first N test images (default: all 10,000)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the prior samples")
     return parser
 
@@ -71,8 +83,9 @@ def parzen(model: AutoencoderBase, datamodule: MNISTDataModule, args: argparse.N
         "test/parzen_ll_stderr": estimate.stderr,
         "parzen_sigma": estimate.sigma,
         "parzen_sigma_at_grid_edge": estimate.sigma_at_grid_edge,
-        "parzen_val_ll_by_sigma": {f"{float(s):.4f}": float(v)
-                                   for s, v in zip(estimate.sigmas, estimate.validation_means)},
+        "parzen_val_ll_by_sigma": {
+            f"{float(s):.4f}": float(v) for s, v in zip(estimate.sigmas, estimate.validation_means, strict=True)
+        },
         "parzen_samples": len(samples),
         "parzen_val_images": len(validation),
         "parzen_test_images": len(test),
@@ -87,7 +100,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         model, datamodule = load_trained(args.ckpt, args.data_dir)
     except (TypeError, RuntimeError) as error:  # hyperparameters or weight shapes this code's variant does not have
         first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line})") from None
+        raise UserError(
+            f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line})"
+        ) from None
     results: dict[str, Any] = {
         "checkpoint": str(args.ckpt),
         "variant": model.variant_name,
@@ -110,8 +125,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    rows = [(key, f"{value:.4f}" if isinstance(value, float) else str(value)) for key, value in results.items()
-            if not isinstance(value, (dict, list))]
+    rows = [
+        (key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        for key, value in results.items()
+        if not isinstance(value, (dict, list))
+    ]
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -19,9 +19,10 @@ import time
 import typing
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
@@ -97,8 +98,10 @@ def _hparam_fields() -> dict[str, tuple[Any, str, dict[str, Any], dict[str, Acce
 
 
 def _describe_defaults(defaults: dict[str, Any]) -> str:
-    shown = {variant: " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
-             for variant, value in defaults.items()}
+    shown = {
+        variant: " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        for variant, value in defaults.items()
+    }
     return "default " + _per_variant({variant: text or "none" for variant, text in shown.items()})
 
 
@@ -118,78 +121,154 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--preset", default=None,
-                     help=f"a paper experiment's settings: a YAML file or a name from presets/ "
-                          f"({', '.join(preset_names()) or 'none yet'}); flags given explicitly win")
-    run.add_argument("--variant", choices=sorted(VARIANTS), default=None, help="which model to train (required, or from --preset)")
+    run.add_argument(
+        "--preset",
+        default=None,
+        help=f"a paper experiment's settings: a YAML file or a name from presets/ "
+        f"({', '.join(preset_names()) or 'none yet'}); flags given explicitly win",
+    )
+    run.add_argument(
+        "--variant", choices=sorted(VARIANTS), default=None, help="which model to train (required, or from --preset)"
+    )
     run.add_argument("--max-epochs", type=positive_int, default=20, help="epochs to train")
-    run.add_argument("--labels", type=label_count, default=1000,
-                     help="labeled training images, a multiple of 10 drawn evenly per digit, or 'all' "
-                          "(the supervised variant always uses all; variants that train without labels ignore it)")
+    run.add_argument(
+        "--labels",
+        type=label_count,
+        default=1000,
+        help="labeled training images, a multiple of 10 drawn evenly per digit, or 'all' "
+        "(the supervised variant always uses all; variants that train without labels ignore it)",
+    )
     run.add_argument("--val-size", type=positive_int, default=10_000, help="training images held out for validation")
     run.add_argument("--data-dir", default="data", help="folder with MNIST/raw/ in torchvision's layout")
-    run.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                     help="download MNIST into --data-dir if it is not there (files present: no network)")
-    run.add_argument("--batch-size", type=positive_int, default=100,
-                     help="global batch size, split evenly over all devices (so it must divide by their number)")
-    run.add_argument("--labeled-batch-size", type=positive_int, default=None,
-                     help="global batch size of the labeled stream (default: --batch-size)")
-    run.add_argument("--seed", type=int, default=0,
-                     help="seeds the split, the initialisation and the prior samples; "
-                          f"allowed: {declarations(AutoencoderHparams)['seed'].describe()}")
-    run.add_argument("--fast-dev-run", action="store_true", help="one batch of training, validation (and test) as a smoke test")
-    run.add_argument("--ckpt-path", default=None, help="resume from this checkpoint (or 'last': the newest last.ckpt of --run-name)")
+    run.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download MNIST into --data-dir if it is not there (files present: no network)",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=100,
+        help="global batch size, split evenly over all devices (so it must divide by their number)",
+    )
+    run.add_argument(
+        "--labeled-batch-size",
+        type=positive_int,
+        default=None,
+        help="global batch size of the labeled stream (default: --batch-size)",
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the split, the initialisation and the prior samples; "
+        f"allowed: {declarations(AutoencoderHparams)['seed'].describe()}",
+    )
+    run.add_argument(
+        "--fast-dev-run", action="store_true", help="one batch of training, validation (and test) as a smoke test"
+    )
+    run.add_argument(
+        "--ckpt-path", default=None, help="resume from this checkpoint (or 'last': the newest last.ckpt of --run-name)"
+    )
     run.add_argument("--test", action="store_true", help="after training, evaluate the best checkpoint on the test set")
-    run.add_argument("--results-json", type=Path, default=None, help="write validation and test metrics, the best checkpoint and the run folder here")
+    run.add_argument(
+        "--results-json",
+        type=Path,
+        default=None,
+        help="write validation and test metrics, the best checkpoint and the run folder here",
+    )
 
     output = parser.add_argument_group("logging and outputs")
-    output.add_argument("--logger", choices=LOGGERS, default="wandb",
-                        help="where metrics go; wandb falls back to offline mode without credentials or network")
+    output.add_argument(
+        "--logger",
+        choices=LOGGERS,
+        default="wandb",
+        help="where metrics go; wandb falls back to offline mode without credentials or network",
+    )
     output.add_argument("--project", default="aae-lightning", help="W&B project")
     output.add_argument("--output-dir", type=Path, default=Path("runs"), help="each run gets a folder in here")
-    output.add_argument("--run-name", default=None,
-                        help="the run folder's name (default: variant, labels, seed and the start time)")
-    output.add_argument("--log-every-n-batches", type=positive_int, default=50,
-                        help="log the training losses of every Nth batch (epoch means are always logged; "
-                             "Lightning's log_every_n_steps, which counts batches, not optimizer steps)")
-    output.add_argument("--image-every-n-epochs", type=non_negative_int, default=1,
-                        help="draw latent grid, style grid, samples, reconstructions, latent scatter and confusion "
-                             "matrix every N epochs and after the last (PNGs in RUN_FOLDER/images/, and to the "
-                             "logger); 0: never")
-    output.add_argument("--progress", choices=PROGRESS, default="auto",
-                        help="bar: Lightning's progress bar, with the main validation metric and the reconstruction "
-                             "loss; lines: one line per epoch on stdout (epoch, seconds, training losses, validation "
-                             "metrics, time left), for log files; auto: bar when stdout is a terminal, else lines; "
-                             "none: neither")
+    output.add_argument(
+        "--run-name", default=None, help="the run folder's name (default: variant, labels, seed and the start time)"
+    )
+    output.add_argument(
+        "--log-every-n-batches",
+        type=positive_int,
+        default=50,
+        help="log the training losses of every Nth batch (epoch means are always logged; "
+        "Lightning's log_every_n_steps, which counts batches, not optimizer steps)",
+    )
+    output.add_argument(
+        "--image-every-n-epochs",
+        type=non_negative_int,
+        default=1,
+        help="draw latent grid, style grid, samples, reconstructions, latent scatter and confusion "
+        "matrix every N epochs and after the last (PNGs in RUN_FOLDER/images/, and to the "
+        "logger); 0: never",
+    )
+    output.add_argument(
+        "--progress",
+        choices=PROGRESS,
+        default="auto",
+        help="bar: Lightning's progress bar, with the main validation metric and the reconstruction "
+        "loss; lines: one line per epoch on stdout (epoch, seconds, training losses, validation "
+        "metrics, time left), for log files; auto: bar when stdout is a terminal, else lines; "
+        "none: neither",
+    )
 
     parzen = parser.add_argument_group(
         "Parzen log-likelihood on validation (variants with a prior): the kernel width is chosen on the first "
         "--parzen-val-size validation images, the next --parzen-score-size are scored"
     )
-    parzen.add_argument("--parzen-every-n-epochs", type=non_negative_int, default=0,
-                        help="every N epochs log val/parzen_ll, the Parzen window log-likelihood of validation images "
-                             "under decoder samples from the prior (as evaluate.py's test/parzen_ll), and choose the "
-                             "best checkpoint by it instead of the variant's own metric; --max-epochs must be a "
-                             "multiple of N; 0: never")
-    parzen.add_argument("--parzen-samples", type=positive_int, default=10_000,
-                        help="decoder samples from the prior, the same codes at every estimate (seeded by --seed)")
-    parzen.add_argument("--parzen-val-size", type=positive_int, default=1_000,
-                        help="validation images that choose the kernel width: the first ones of the validation set, "
-                             "as evaluate.py's --parzen-val-size")
-    parzen.add_argument("--parzen-score-size", type=positive_int, default=2_000,
-                        help="the next validation images, scored with that width: val/parzen_ll is their mean")
+    parzen.add_argument(
+        "--parzen-every-n-epochs",
+        type=non_negative_int,
+        default=0,
+        help="every N epochs log val/parzen_ll, the Parzen window log-likelihood of validation images "
+        "under decoder samples from the prior (as evaluate.py's test/parzen_ll), and choose the "
+        "best checkpoint by it instead of the variant's own metric; --max-epochs must be a "
+        "multiple of N; 0: never",
+    )
+    parzen.add_argument(
+        "--parzen-samples",
+        type=positive_int,
+        default=10_000,
+        help="decoder samples from the prior, the same codes at every estimate (seeded by --seed)",
+    )
+    parzen.add_argument(
+        "--parzen-val-size",
+        type=positive_int,
+        default=1_000,
+        help="validation images that choose the kernel width: the first ones of the validation set, "
+        "as evaluate.py's --parzen-val-size",
+    )
+    parzen.add_argument(
+        "--parzen-score-size",
+        type=positive_int,
+        default=2_000,
+        help="the next validation images, scored with that width: val/parzen_ll is their mean",
+    )
 
     hardware = parser.add_argument_group("hardware (Lightning Trainer arguments)")
-    hardware.add_argument("--gpus", type=int, default=None,
-                          help="number of CUDA devices; 0 trains on the CPU (default: one GPU if there is one, else CPU)")
+    hardware.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="number of CUDA devices; 0 trains on the CPU (default: one GPU if there is one, else CPU)",
+    )
     hardware.add_argument("--accelerator", default=None, help="cpu, gpu, ...; overrides --gpus")
     hardware.add_argument("--devices", type=positive_int, default=None, help="devices per node; overrides --gpus")
     hardware.add_argument("--num-nodes", type=positive_int, default=1, help="machines, each with --devices devices")
-    hardware.add_argument("--strategy", default=None,
-                          help="Lightning strategy (default with several devices: DDP that tolerates parameters a phase leaves unused)")
+    hardware.add_argument(
+        "--strategy",
+        default=None,
+        help="Lightning strategy (default with several devices: DDP that tolerates parameters a phase leaves unused)",
+    )
     hardware.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
 
-    model = parser.add_argument_group("model hyperparameters (each variant's defaults; each variant takes the ones it has)")
+    model = parser.add_argument_group(
+        "model hyperparameters (each variant's defaults; each variant takes the ones it has)"
+    )
     for name, (hint, help_text, defaults, accepts) in _hparam_fields().items():
         spelled = flag(name)
         if hint is not bool:  # a switch's range is its two spellings
@@ -291,17 +370,23 @@ def check_parzen_flags(args: argparse.Namespace, model: AutoencoderBase) -> None
 
     reason = ParzenLikelihood.unsupported(model)
     if reason is not None:
-        raise UserError(f"--parzen-every-n-epochs needs a variant that decodes samples of a prior; --variant "
-                        f"{args.variant} has none ({reason})")
+        raise UserError(
+            f"--parzen-every-n-epochs needs a variant that decodes samples of a prior; --variant "
+            f"{args.variant} has none ({reason})"
+        )
     if args.max_epochs % every:
         # the best checkpoint is compared every N epochs only (ModelCheckpoint refuses an epoch without its
         # metric), so a last epoch off that rhythm would be estimated but could never be chosen
-        raise UserError(f"--max-epochs {args.max_epochs} is not a multiple of --parzen-every-n-epochs {every}; "
-                        "the last epoch must be one of those the best checkpoint is chosen among")
+        raise UserError(
+            f"--max-epochs {args.max_epochs} is not a multiple of --parzen-every-n-epochs {every}; "
+            "the last epoch must be one of those the best checkpoint is chosen among"
+        )
     needed = args.parzen_val_size + args.parzen_score_size
     if needed > args.val_size:
-        raise UserError(f"--parzen-val-size {args.parzen_val_size} and --parzen-score-size {args.parzen_score_size} "
-                        f"take {needed} distinct validation images, more than --val-size {args.val_size}")
+        raise UserError(
+            f"--parzen-val-size {args.parzen_val_size} and --parzen-score-size {args.parzen_score_size} "
+            f"take {needed} distinct validation images, more than --val-size {args.val_size}"
+        )
 
 
 def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -320,8 +405,15 @@ def hardware_settings(args: argparse.Namespace) -> dict[str, Any]:
         devices = devices or max(args.gpus, 1)
     accelerator = accelerator or "auto"
     devices = devices or 1
-    check_lightning_flags({"accelerator": accelerator, "devices": devices, "num_nodes": args.num_nodes,
-                           "strategy": args.strategy or "auto", "precision": args.precision})
+    check_lightning_flags(
+        {
+            "accelerator": accelerator,
+            "devices": devices,
+            "num_nodes": args.num_nodes,
+            "strategy": args.strategy or "auto",
+            "precision": args.precision,
+        }
+    )
     from datamodules.mnist import check_global_batch_sizes
 
     # checked before Lightning starts the other processes, so the user sees the message once
@@ -409,8 +501,13 @@ def make_logger(args: argparse.Namespace, run_dir: Path, config: dict[str, Any],
         return TensorBoardLogger(run_dir, name="", version="")
     from callbacks.wandb_setup import make_wandb_logger
 
-    return make_wandb_logger(project=args.project, name=run_dir.name, save_dir=run_dir, config=config,
-                             run_id=wandb_run_id(run_dir, resuming=resumed_epoch is not None))
+    return make_wandb_logger(
+        project=args.project,
+        name=run_dir.name,
+        save_dir=run_dir,
+        config=config,
+        run_id=wandb_run_id(run_dir, resuming=resumed_epoch is not None),
+    )
 
 
 def build_callbacks(args: argparse.Namespace, checkpoint: Any) -> list[Any]:
@@ -425,10 +522,23 @@ def build_callbacks(args: argparse.Namespace, checkpoint: Any) -> list[Any]:
 
     parzen = []
     if args.parzen_every_n_epochs:
-        parzen.append(ParzenLikelihood(args.parzen_every_n_epochs, seed=args.seed, samples=args.parzen_samples,
-                                       sigma_images=args.parzen_val_size, scored_images=args.parzen_score_size))
-    return [checkpoint, LogRunConfig(), WandbEpochAxis(), *image_callbacks(args.image_every_n_epochs, seed=args.seed),
-            *parzen, *progress_callbacks(args.progress)]
+        parzen.append(
+            ParzenLikelihood(
+                args.parzen_every_n_epochs,
+                seed=args.seed,
+                samples=args.parzen_samples,
+                sigma_images=args.parzen_val_size,
+                scored_images=args.parzen_score_size,
+            )
+        )
+    return [
+        checkpoint,
+        LogRunConfig(),
+        WandbEpochAxis(),
+        *image_callbacks(args.image_every_n_epochs, seed=args.seed),
+        *parzen,
+        *progress_callbacks(args.progress),
+    ]
 
 
 def resolve_run(args: argparse.Namespace) -> tuple[Path, Path | None]:
@@ -439,7 +549,9 @@ def resolve_run(args: argparse.Namespace) -> tuple[Path, Path | None]:
         return args.output_dir / run_name(args), None
     if args.ckpt_path == "last":
         if not args.run_name:
-            raise UserError("--ckpt-path last resumes the run named by --run-name (its folder in --output-dir); give --run-name")
+            raise UserError(
+                "--ckpt-path last resumes the run named by --run-name (its folder in --output-dir); give --run-name"
+            )
         run_dir = args.output_dir / args.run_name
         return run_dir, run_dir / "checkpoints" / "last.ckpt"
     path = Path(args.ckpt_path)
@@ -558,8 +670,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "best_checkpoint": best,
         "epochs": trainer.current_epoch,
         "split": datamodule.split.summary(),
-        "val": _scalars(without_loggers(trainer, trainer.validate, model, datamodule=datamodule, ckpt_path=best,
-                                        verbose=False)),
+        "val": _scalars(
+            without_loggers(trainer, trainer.validate, model, datamodule=datamodule, ckpt_path=best, verbose=False)
+        ),
     }
     if args.test:
         results["test"] = _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False))

@@ -26,7 +26,17 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from aae_lightning.components import Decoder, Discriminator, Encoder
-from aae_lightning.hparams import DeclaredHparams, Either, Ints, OneOf, Range, hparam, non_negative, positive, probability
+from aae_lightning.hparams import (
+    DeclaredHparams,
+    Either,
+    Ints,
+    OneOf,
+    Range,
+    hparam,
+    non_negative,
+    positive,
+    probability,
+)
 from aae_lightning.priors import Prior
 
 IMAGE_DIM = 28 * 28
@@ -53,7 +63,9 @@ class AutoencoderHparams(DeclaredHparams):
     input_noise: float = hparam(
         0.0, "std of Gaussian noise added to the encoder's input while training", accepts=non_negative()
     )
-    optimizer: str = hparam("adam", "adam or sgd, one optimizer per phase, each with --momentum", accepts=OneOf(OPTIMIZERS))
+    optimizer: str = hparam(
+        "adam", "adam or sgd, one optimizer per phase, each with --momentum", accepts=OneOf(OPTIMIZERS)
+    )
     momentum: float = hparam(0.9, "SGD momentum, or Adam's beta1", accepts=probability())
     reconstruction_loss: str = hparam(
         "bce",
@@ -157,8 +169,12 @@ class AutoencoderBase(pl.LightningModule):
     def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder) -> Encoder:
         config = self.config
         return encoder_class(
-            IMAGE_DIM, config.hidden_sizes, heads,
-            dropout=config.dropout, input_noise=config.input_noise, hidden_dropout=config.hidden_dropout,
+            IMAGE_DIM,
+            config.hidden_sizes,
+            heads,
+            dropout=config.dropout,
+            input_noise=config.input_noise,
+            hidden_dropout=config.hidden_dropout,
         )
 
     def make_decoder(self, code_dim: int) -> Decoder:
@@ -288,7 +304,7 @@ class AutoencoderBase(pl.LightningModule):
         self._epoch_sums, self._epoch_images = {}, 0
         # a stateless step schedule: the rate follows from the epoch alone, so resuming needs no scheduler state
         decay = self.config.lr_gamma ** sum(self.current_epoch >= m for m in self.config.lr_milestones)
-        for phase, optimizer in zip(self.phases, self._optimizer_list()):
+        for phase, optimizer in zip(self.phases, self._optimizer_list(), strict=True):
             for group in optimizer.param_groups:
                 group["lr"] = getattr(self.config, f"{phase}_lr") * decay
 
@@ -308,7 +324,7 @@ class AutoencoderBase(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logs: dict[str, Tensor] = {}
-        for phase, optimizer in zip(self.phases, self._optimizer_list()):
+        for phase, optimizer in zip(self.phases, self._optimizer_list(), strict=True):
             self._set_train_modes(phase)
             if phase == "regularization":
                 # One encoder pass serves both adversarial phases. It runs before the discriminators' optimizer
@@ -349,8 +365,12 @@ class AutoencoderBase(pl.LightningModule):
         # loggers write (every `log_every_n_steps`), asking the question Lightning's own LearningRateMonitor asks.
         logs = {name: value.detach() for name, value in logs.items()}
         if self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run:
-            self.log_dict({f"train/{name}_step": value for name, value in logs.items()}, on_step=True,
-                          on_epoch=False, batch_size=batch_size)
+            self.log_dict(
+                {f"train/{name}_step": value for name, value in logs.items()},
+                on_step=True,
+                on_epoch=False,
+                batch_size=batch_size,
+            )
         for name, value in logs.items():
             self._epoch_sums[name] = self._epoch_sums.get(name, 0) + value * batch_size
         self._epoch_images += batch_size

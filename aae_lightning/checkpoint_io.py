@@ -112,7 +112,11 @@ ADDED_LATER = {
 
 
 def check_resumable(
-    checkpoint: dict[str, Any], path: str | Path, variant: str, hparams: dict[str, Any], datamodule_hparams: dict[str, Any]
+    checkpoint: dict[str, Any],
+    path: str | Path,
+    variant: str,
+    hparams: dict[str, Any],
+    datamodule_hparams: dict[str, Any],
 ) -> None:
     """Resuming continues the very run the checkpoint comes from: same variant, same model and data settings
     (the data may have moved). The one setting that may change is the schedule ahead: milestones after the

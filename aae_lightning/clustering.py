@@ -50,4 +50,3 @@ class ClusteringAAE(CategoricalStyleAAE):
         for name in ("cluster_acc", "cluster_acc_majority"):
             metrics[name].update(outputs["y"], labels)
         return outputs
-

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +15,7 @@ def mlp(
     """Linear layers with ReLU between them and a linear last layer (callers apply their own output function).
     `dropout` drops the input of every linear layer, `hidden_dropout` the output of every hidden ReLU."""
     layers: list[nn.Module] = [GaussianNoise(input_noise)] if input_noise > 0 else []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for index, (fan_in, fan_out) in enumerate(pairwise(sizes)):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(fan_in, fan_out))
@@ -111,7 +112,9 @@ class Decoder(nn.Module):
 class Discriminator(nn.Module):
     """Tells prior samples (target 1) from encoder codes (target 0); returns one logit per row."""
 
-    def __init__(self, input_dim: int, hidden: Sequence[int], dropout: float = 0.0, hidden_dropout: float = 0.0) -> None:
+    def __init__(
+        self, input_dim: int, hidden: Sequence[int], dropout: float = 0.0, hidden_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.net = mlp([input_dim, *hidden, 1], dropout=dropout, hidden_dropout=hidden_dropout)
 

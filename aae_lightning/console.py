@@ -21,6 +21,10 @@ def quiet_console() -> None:
     """Install the filters (once, however often it is called)."""
     # Lightning 2.6's CombinedLoader still builds `LeafSpec()`, which torch deprecates: advice for Lightning's
     # developers, printed at the start of every fit, validation and test
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"pytorch_lightning\.utilities\._pytree",
+    )
     logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_not_the_litlogger_tip)

@@ -15,8 +15,9 @@ training (callbacks/parzen.py) validation images other than those that chose sig
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor

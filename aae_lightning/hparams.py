@@ -13,6 +13,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 from aae_lightning.errors import HparamError
@@ -161,7 +162,7 @@ class Ints(Accepts):
             isinstance(value, (tuple, list))
             and (len(value) > 0 or not self.non_empty)
             and all(item.allows(number) for number in value)
-            and (not self.increasing or all(a < b for a, b in zip(value, value[1:])))
+            and (not self.increasing or all(a < b for a, b in pairwise(value)))
         )
 
     def describe(self) -> str:
@@ -230,7 +231,8 @@ def declarations(hparams_class: type) -> dict[str, Accepts]:
     for item in fields(hparams_class):
         if "accepts" not in item.metadata:
             raise TypeError(
-                f"{hparams_class.__name__}.{item.name} declares nothing it accepts; define it with hparam(..., accepts=...)"
+                f"{hparams_class.__name__}.{item.name} declares nothing it accepts; "
+                "define it with hparam(..., accepts=...)"
             )
         declared[item.name] = item.metadata["accepts"]
     return declared

@@ -47,7 +47,9 @@ class LabelRegularizedAAE(AutoencoderBase):
     def build(self) -> None:
         super().build()
         config = self.config
-        prior = MixtureOfGaussiansPrior(NUM_DIGITS, config.mixture_radius, config.mixture_radial_std, config.mixture_tangential_std)
+        prior = MixtureOfGaussiansPrior(
+            NUM_DIGITS, config.mixture_radius, config.mixture_radial_std, config.mixture_tangential_std
+        )
         self.add_adversary("z", prior, input_dim=prior.dim + NUM_DIGITS + 1)
 
     def training_images(self, batch: dict[str, Tensor]) -> Tensor:

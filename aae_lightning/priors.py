@@ -61,7 +61,9 @@ class MixtureOfGaussiansPrior(Prior):
 
     dim = 2
 
-    def __init__(self, num_components: int = 10, radius: float = 4.0, radial_std: float = 0.5, tangential_std: float = 1.0) -> None:
+    def __init__(
+        self, num_components: int = 10, radius: float = 4.0, radial_std: float = 0.5, tangential_std: float = 1.0
+    ) -> None:
         self.num_components, self.radius = num_components, radius
         self.radial_std, self.tangential_std = radial_std, tangential_std
 

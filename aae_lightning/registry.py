@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from aae_lightning.base import AutoencoderBase
 from aae_lightning.errors import UserError

@@ -37,8 +37,7 @@ class CategoricalStyleHparams(AdversarialHparams):
     )
     encoder_batchnorm: bool = hparam(
         False,
-        "batch normalization after every linear layer of the encoder, heads included (the paper's clustering "
-        "model)",
+        "batch normalization after every linear layer of the encoder, heads included (the paper's clustering model)",
         accepts=Flag(),
     )
     head_batchnorm: bool = hparam(
@@ -93,7 +92,9 @@ class CategoricalStyleAAE(AutoencoderBase):
         if self.config.encoder_batchnorm:
             self.encoder.trunk = with_batchnorm(self.encoder.trunk)
             if self.config.head_batchnorm:
-                self.encoder.heads = nn.ModuleDict({name: with_batchnorm(nn.Sequential(head)) for name, head in self.encoder.heads.items()})
+                self.encoder.heads = nn.ModuleDict(
+                    {name: with_batchnorm(nn.Sequential(head)) for name, head in self.encoder.heads.items()}
+                )
         if self.config.input_dropout > 0:
             self.encoder.trunk.insert(0, nn.Dropout(self.config.input_dropout))
 
@@ -144,7 +145,9 @@ class SemiSupervisedAAE(CategoricalStyleAAE):
         if self.config.labeled_reconstruction:
             images = batch["labeled_x"]
             styles = {"z": self.encoder(images)["z"]}  # no "y": decoder_input takes the true label's one-hot
-            labeled_loss = self.reconstruction_error(self.decoder(self.decoder_input(styles, batch["labeled_y"])), images)
+            labeled_loss = self.reconstruction_error(
+                self.decoder(self.decoder_input(styles, batch["labeled_y"])), images
+            )
             loss = loss + labeled_loss
             logs["labeled_recon_loss"] = labeled_loss
         return loss, logs

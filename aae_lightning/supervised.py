@@ -3,8 +3,8 @@ the adversarially regularized code z only has to carry the style."""
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from aae_lightning.base import AdversarialHparams, AutoencoderBase

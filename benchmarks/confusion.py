@@ -29,7 +29,9 @@ from callbacks.confusion import DIGITS  # noqa: E402
 
 def top_confusions(counts: Tensor, most: int) -> list[tuple[int, int, int]]:
     """The `most` largest off-diagonal cells as (true, predicted, count): largest first, ties in class order."""
-    cells = [(int(counts[t, p]), t, p) for t in range(len(counts)) for p in range(len(counts)) if t != p and counts[t, p] > 0]
+    cells = [
+        (int(counts[t, p]), t, p) for t in range(len(counts)) for p in range(len(counts)) if t != p and counts[t, p] > 0
+    ]
     return [(t, p, n) for n, t, p in sorted(cells, key=lambda cell: (-cell[0], cell[1], cell[2]))[:most]]
 
 
@@ -37,15 +39,20 @@ def report(counts: Tensor, most: int) -> str:
     total = int(counts.sum())
     correct = int(counts.trace())
     confusions = ", ".join(f"{true}->{predicted}: {count}" for true, predicted, count in top_confusions(counts, most))
-    received = " ".join(f"{k}:{int(n)}/{int(h)}" for k, (n, h) in enumerate(zip(counts.sum(0), counts.sum(1))))
-    return (f"  validation accuracy {100 * correct / total:.2f} % ({total - correct} errors of {total})\n"
-            f"  top confusions (true->predicted): {confusions or 'none'}\n"
-            f"  images received / held per class: {received}")
+    received = " ".join(
+        f"{k}:{int(n)}/{int(h)}" for k, (n, h) in enumerate(zip(counts.sum(0), counts.sum(1), strict=True))
+    )
+    return (
+        f"  validation accuracy {100 * correct / total:.2f} % ({total - correct} errors of {total})\n"
+        f"  top confusions (true->predicted): {confusions or 'none'}\n"
+        f"  images received / held per class: {received}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("checkpoints", nargs="+", help="checkpoints written by train.py")
     parser.add_argument("--data-dir", help="folder with MNIST/raw/ (default: the one the run trained on)")
     parser.add_argument("--most", type=int, default=5, help="how many confusions to list")

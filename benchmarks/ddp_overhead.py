@@ -35,7 +35,9 @@ class BatchTimer(pl.Callback):
         if batch_idx == WARMUP_BATCHES:
             self.started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self.started is not None:
             self.batches += 1
 
@@ -49,10 +51,19 @@ def measure(variant: str, data_dir: str, devices: int, find_unused: bool | None,
     datamodule = MNISTDataModule(data_dir, download=False, train_streams=cls.train_streams)
     timer = BatchTimer()
     strategy = "auto" if find_unused is None else DDPStrategy(find_unused_parameters=find_unused)
-    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=1,
-                         limit_train_batches=WARMUP_BATCHES + batches, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[timer])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_epochs=1,
+        limit_train_batches=WARMUP_BATCHES + batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
     trainer.fit(cls(), datamodule=datamodule)
     return timer.batches_per_second()
 
@@ -68,8 +79,10 @@ def main() -> None:
         ("ae", "DDP, find_unused_parameters=True", True),
         ("semi", "DDP, find_unused_parameters=True", True),
     ]
-    results = [(variant, label, measure(variant, args.data_dir, args.devices, flag, args.batches))
-               for variant, label, flag in rows]
+    results = [
+        (variant, label, measure(variant, args.data_dir, args.devices, flag, args.batches))
+        for variant, label, flag in rows
+    ]
     if torch.distributed.get_rank() == 0:
         print(f"\n{args.devices} CPU processes, global batch 100, {args.batches} timed batches each")
         print(f"{'variant':<8} {'strategy':<36} {'batches/s':>10}")

@@ -3,7 +3,8 @@
     python benchmarks/plot_curves.py --run 100=~/aae-runs/semi-100 --run 1000=~/aae-runs/semi-1000 \\
         --out docs/semi-supervised-curves.png --csv-dir docs/results --csv-prefix semi
     python benchmarks/plot_curves.py --run 16=RUN16 --run 30=RUN30 --metric val/cluster_acc_majority \\
-        --unit clusters --paper 16=9.55 --paper 30=4.10 --title "Clustering (clustering)" --out docs/clustering-curves.png
+        --unit clusters --paper 16=9.55 --paper 30=4.10 --title "Clustering (clustering)" \\
+        --out docs/clustering-curves.png
 
 Each `--run LABEL=RUN_FOLDER` reads RUN_FOLDER/metrics.csv (train.py's CSV logger); `LABEL` and `--unit` name the
 curve (for `semi` the number of labels: 100, 1000, all, whose paper numbers are known without `--paper`). An
@@ -67,8 +68,14 @@ def is_accuracy(metric: str) -> bool:
     return metric.endswith(("acc", "acc_majority"))
 
 
-def plot(curves: dict[str, list[tuple[int, float]]], out: Path, title: str, metric: str = "val/acc",
-         unit: str = "labels", paper: dict[str, float] | None = None) -> None:
+def plot(
+    curves: dict[str, list[tuple[int, float]]],
+    out: Path,
+    title: str,
+    metric: str = "val/acc",
+    unit: str = "labels",
+    paper: dict[str, float] | None = None,
+) -> None:
     """One line per curve; `paper` maps a curve's label to the paper's number, in the plotted unit."""
     error = is_accuracy(metric)
     figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=100)
@@ -76,10 +83,15 @@ def plot(curves: dict[str, list[tuple[int, float]]], out: Path, title: str, metr
         epochs = [epoch + 1 for epoch, _ in curve]  # epoch k's validation comes after k + 1 epochs of training
         values = [100 * (1 - value) if error else value for _, value in curve]
         name = f"{label} {unit}".strip()
-        line, = axes.plot(epochs, values, marker="o" if len(curve) < 15 else None, label=f"ours, {name}")
+        (line,) = axes.plot(epochs, values, marker="o" if len(curve) < 15 else None, label=f"ours, {name}")
         if paper and label in paper:
-            axes.axhline(paper[label], color=line.get_color(), linestyle="--", linewidth=1,
-                         label=f"paper, {name}: {paper[label]:g}{' % test error' if error else ' (test)'}")
+            axes.axhline(
+                paper[label],
+                color=line.get_color(),
+                linestyle="--",
+                linewidth=1,
+                label=f"paper, {name}: {paper[label]:g}{' % test error' if error else ' (test)'}",
+            )
     if error:
         axes.set_yscale("log")
         plain = FuncFormatter(lambda value, _: f"{value:g}")  # 2, 5, 10 rather than 2x10^0
@@ -115,14 +127,29 @@ def parse_paper(text: str) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=parse_run, action="append", required=True, metavar="LABEL=RUN_FOLDER",
-                        help="a run folder and what tells its curve apart, e.g. its label count (repeatable)")
-    parser.add_argument("--metric", default="val/acc",
-                        help="the column of metrics.csv to plot: an accuracy as error in %%, anything else as it is")
+    parser.add_argument(
+        "--run",
+        type=parse_run,
+        action="append",
+        required=True,
+        metavar="LABEL=RUN_FOLDER",
+        help="a run folder and what tells its curve apart, e.g. its label count (repeatable)",
+    )
+    parser.add_argument(
+        "--metric",
+        default="val/acc",
+        help="the column of metrics.csv to plot: an accuracy as error in %%, anything else as it is",
+    )
     parser.add_argument("--unit", default="labels", help="what a LABEL counts, shown after it in the legend")
-    parser.add_argument("--paper", type=parse_paper, action="append", default=[], metavar="LABEL=NUMBER",
-                        help="the paper's number for curve LABEL, in the plotted unit (default for val/acc: the "
-                        "paper's semi-supervised test error for 100, 1000 and all labels)")
+    parser.add_argument(
+        "--paper",
+        type=parse_paper,
+        action="append",
+        default=[],
+        metavar="LABEL=NUMBER",
+        help="the paper's number for curve LABEL, in the plotted unit (default for val/acc: the "
+        "paper's semi-supervised test error for 100, 1000 and all labels)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/semi-supervised-curves.png"), help="the PNG to write")
     parser.add_argument("--title", default="Semi-supervised MNIST (semi)", help="the plot's title")
     parser.add_argument("--csv-dir", type=Path, default=None, help="also write each curve as PREFIX-LABEL.csv here")
@@ -137,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     shown = (lambda value: f"{100 * value:.2f} %") if is_accuracy(args.metric) else (lambda value: f"{value:.2f}")
     for label, curve in curves.items():
         best_epoch, best = max(curve, key=lambda item: item[1])
-        print(f"{label:>5} {args.unit}: {len(curve)} epochs, last {args.metric} {shown(curve[-1][1])}, "
-              f"best {shown(best)} (epoch {best_epoch})")
+        print(
+            f"{label:>5} {args.unit}: {len(curve)} epochs, last {args.metric} {shown(curve[-1][1])}, "
+            f"best {shown(best)} (epoch {best_epoch})"
+        )
         if args.csv_dir is not None:
             path = args.csv_dir / f"{args.csv_prefix}-{label}.csv"
             write_curve_csv(path, curve, args.metric.replace("/", "_"))

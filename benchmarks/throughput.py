@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -60,8 +61,9 @@ class StepTimer(pl.Callback):
             synchronize(module.device)
             self.start = (time.perf_counter(), time.process_time())
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # at the last batch only: waiting for the device after every batch would slow Lightning's loop alone
         if batch_idx == self.last:
             synchronize(module.device)
@@ -73,8 +75,9 @@ def lightning_devices(device: torch.device) -> int | list[int]:
     return 1 if device.index is None else [device.index]
 
 
-def lightning_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int,
-                      batches: int) -> tuple[float, float]:
+def lightning_seconds(
+    cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int, batches: int
+) -> tuple[float, float]:
     timer = StepTimer(warmup, batches)
     trainer = pl.Trainer(
         accelerator=device.type,
@@ -122,11 +125,19 @@ def plain_phases(model: AutoencoderBase) -> dict[str, Callable[[dict[str, Tensor
 
     shared = {"reconstruction": reconstruction, "regularization": regularization, "generator": generator}
     # a variant's own extra phases (semi's classification) are already a plain cross-entropy
-    return {phase: shared.get(phase, lambda batch, phase=phase: getattr(model, f"{phase}_phase")(batch)[0]) for phase in model.phases}
+    return {
+        phase: shared.get(phase, lambda batch, phase=phase: getattr(model, f"{phase}_phase")(batch)[0])
+        for phase in model.phases
+    }
 
 
-def time_batches(datamodule: MNISTDataModule, device: torch.device, warmup: int, batches: int,
-                 train_on: Callable[[dict[str, Tensor]], None]) -> tuple[float, float]:
+def time_batches(
+    datamodule: MNISTDataModule,
+    device: torch.device,
+    warmup: int,
+    batches: int,
+    train_on: Callable[[dict[str, Tensor]], None],
+) -> tuple[float, float]:
     """Wall and CPU seconds of `batches` calls of `train_on` on batches moved to `device`, after `warmup` untimed
     ones."""
     start = (0.0, 0.0)
@@ -150,8 +161,9 @@ def plain_optimizer(model: AutoencoderBase, phase: str) -> torch.optim.Optimizer
     return torch.optim.Adam(params, lr=lr)
 
 
-def plain_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int,
-                  batches: int) -> tuple[float, float]:
+def plain_seconds(
+    cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int, batches: int
+) -> tuple[float, float]:
     model = cls().to(device)
     model.train()
     losses = plain_phases(model)
@@ -166,8 +178,9 @@ def plain_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, devic
     return time_batches(datamodule, device, warmup, batches, train_on)
 
 
-def bare_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int,
-                 batches: int) -> tuple[float, float]:
+def bare_seconds(
+    cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int, batches: int
+) -> tuple[float, float]:
     """This module's own phases, optimizers and freezing, driven by a bare loop: the speed Lightning could reach
     if its bookkeeping cost nothing, so Lightning / bare is Lightning's own cost and bare / plain the ceiling."""
     model = cls().to(device)
@@ -176,7 +189,7 @@ def bare_seconds(cls: type[AutoencoderBase], datamodule: MNISTDataModule, device
     owned = [{id(p) for group in optimizer.param_groups for p in group["params"]} for optimizer in optimizers]
 
     def train_on(batch: dict[str, Tensor]) -> None:
-        for phase, optimizer, mine in zip(model.phases, optimizers, owned):
+        for phase, optimizer, mine in zip(model.phases, optimizers, owned, strict=True):
             if phase == "regularization":
                 model.adversarial_codes(batch)  # before freezing, as training_step does
             for parameter in model.parameters():
@@ -195,13 +208,19 @@ def timed_device(parser: argparse.ArgumentParser, accelerator: str, devices: str
     """The one device `--accelerator` and `--devices` come to, as Lightning resolves them. Asking for CUDA where
     there is none, or for several devices, ends with one line and exit code 2."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        parser.exit(2, f"{parser.prog}: error: --accelerator {accelerator} needs a CUDA device; "
-                       "torch.cuda.is_available() is False here\n")
+        parser.exit(
+            2,
+            f"{parser.prog}: error: --accelerator {accelerator} needs a CUDA device; "
+            "torch.cuda.is_available() is False here\n",
+        )
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False)
     if trainer.num_devices != 1:
         # the bare and plain loops run in this one process: several devices would time Lightning alone on DDP
-        parser.exit(2, f"{parser.prog}: error: --devices {devices} gives {trainer.num_devices} devices; the loops "
-                       "time one (a count of 1, or one index such as '1,' for the second GPU)\n")
+        parser.exit(
+            2,
+            f"{parser.prog}: error: --devices {devices} gives {trainer.num_devices} devices; the loops "
+            "time one (a count of 1, or one index such as '1,' for the second GPU)\n",
+        )
     return trainer.strategy.root_device
 
 
@@ -218,8 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per loop; the best is kept")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--accelerator", choices=ACCELERATORS, default="cpu", help="Lightning's: where every loop runs")
-    parser.add_argument("--devices", default="1",
-                        help="Lightning's, naming one device: 1, or an index such as '1,' for the second GPU")
+    parser.add_argument(
+        "--devices", default="1", help="Lightning's, naming one device: 1, or an index such as '1,' for the second GPU"
+    )
     args = parser.parse_args(argv)
     device = timed_device(parser, args.accelerator, args.devices)
     torch.set_num_threads(args.threads)
@@ -231,25 +251,38 @@ def main(argv: list[str] | None = None) -> None:
         # a variant trained on labels alone (supervised) gets all of them, as train.py gives it: a 1,000-image
         # labeled set would end its epoch after 10 batches, before the timed ones
         num_labels = 1000 if "unlabeled" in cls.train_streams else None
-        datamodule = MNISTDataModule(args.data_dir, num_labels=num_labels, download=False, train_streams=cls.train_streams)
+        datamodule = MNISTDataModule(
+            args.data_dir, num_labels=num_labels, download=False, train_streams=cls.train_streams
+        )
         datamodule.setup("fit")
         best = {loop: (float("inf"),) * 2 for loop in LOOPS}
         for _ in range(args.repeats):
             for loop, measure in LOOPS.items():
                 wall, cpu = measure(cls, datamodule, device, args.warmup, args.batches)
                 best[loop] = (min(best[loop][0], wall), min(best[loop][1], cpu))
-        rows.append((name, {loop: args.batches / wall for loop, (wall, _) in best.items()},
-                     {loop: args.batches / cpu for loop, (_, cpu) in best.items()}))
+        rows.append(
+            (
+                name,
+                {loop: args.batches / wall for loop, (wall, _) in best.items()},
+                {loop: args.batches / cpu for loop, (_, cpu) in best.items()},
+            )
+        )
 
-    print(f"\n{args.batches} timed batches of 100 after {args.warmup} warm-up, best of {args.repeats}, "
-          f"{args.threads} torch threads, on {device_name(device)}; steps = batches (all phases) per second")
-    print("| variant | Lightning steps/s | bare loop steps/s | plain loop steps/s | Lightning / plain (wall) "
-          "| Lightning / plain (CPU time) | bare / plain | Lightning / bare |")
+    print(
+        f"\n{args.batches} timed batches of 100 after {args.warmup} warm-up, best of {args.repeats}, "
+        f"{args.threads} torch threads, on {device_name(device)}; steps = batches (all phases) per second"
+    )
+    print(
+        "| variant | Lightning steps/s | bare loop steps/s | plain loop steps/s | Lightning / plain (wall) "
+        "| Lightning / plain (CPU time) | bare / plain | Lightning / bare |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, wall, cpu in rows:
-        print(f"| {name} | {wall['lightning']:.2f} | {wall['bare']:.2f} | {wall['plain']:.2f} "
-              f"| {wall['lightning'] / wall['plain']:.2f}x | {cpu['lightning'] / cpu['plain']:.2f}x "
-              f"| {wall['bare'] / wall['plain']:.2f}x | {wall['lightning'] / wall['bare']:.2f}x |")
+        print(
+            f"| {name} | {wall['lightning']:.2f} | {wall['bare']:.2f} | {wall['plain']:.2f} "
+            f"| {wall['lightning'] / wall['plain']:.2f}x | {cpu['lightning'] / cpu['plain']:.2f}x "
+            f"| {wall['bare'] / wall['plain']:.2f}x | {wall['lightning'] / wall['bare']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,15 @@ class ConfusionMatrix(pl.Callback):
             self.matrix = self.matrix.to(pl_module.device)
             self.matrix.reset()
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: tuple[Tensor, Tensor],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not self._counting(trainer):
             return
         images, labels = batch

@@ -12,8 +12,9 @@ says so once, in one line on the console (Lightning's info log, not a warning: n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -125,8 +126,9 @@ class LatentGrid(EpochImageCallback):
     name = "latent_grid"
     needs = ("decode", "latent_prior")
 
-    def __init__(self, every_n_epochs: int = 1, seed: int = 0, size: int = 20, dims: tuple[int, int] = (0, 1),
-                 digit: int = 0) -> None:
+    def __init__(
+        self, every_n_epochs: int = 1, seed: int = 0, size: int = 20, dims: tuple[int, int] = (0, 1), digit: int = 0
+    ) -> None:
         super().__init__(every_n_epochs, seed)
         self.size, self.dims, self.digit = size, dims, digit
 
@@ -180,10 +182,17 @@ class StyleGrid(EpochImageCallback):
         sources = images[torch.cat(firsts)]
         classes = pl_module.num_classes
         z = pl_module.encode(to_module(pl_module, sources))
-        decoded = pl_module.decode(z.repeat_interleave(classes, dim=0),
-                                   torch.arange(classes, device=pl_module.device).repeat(len(sources)))
-        rows = torch.cat([sources.unsqueeze(1), torch.zeros(len(sources), 1, IMAGE_SIDE**2),
-                          decoded.float().cpu().view(len(sources), classes, -1)], dim=1)
+        decoded = pl_module.decode(
+            z.repeat_interleave(classes, dim=0), torch.arange(classes, device=pl_module.device).repeat(len(sources))
+        )
+        rows = torch.cat(
+            [
+                sources.unsqueeze(1),
+                torch.zeros(len(sources), 1, IMAGE_SIDE**2),
+                decoded.float().cpu().view(len(sources), classes, -1),
+            ],
+            dim=1,
+        )
         caption = f"left: validation image; right: its style z decoded as {class_names(classes)}"
         return tile(rows.flatten(0, 1), classes + 2), caption
 
@@ -268,7 +277,9 @@ class LatentScatter(EpochImageCallback):
         codes = (represent or pl_module.encode)(to_module(pl_module, images)).float().cpu()
         prior = None if represent else pl_module.latent_prior
         # seeded apart from the image choice, so the prior cloud does not depend on how many images there are
-        samples = prior.sample(self.prior_count, generator=torch.Generator().manual_seed(self.seed + 1)) if prior else None
+        samples = (
+            prior.sample(self.prior_count, generator=torch.Generator().manual_seed(self.seed + 1)) if prior else None
+        )
         width = codes.shape[1]
         name = "represent(x)" if represent else "z"
         if width == 2:

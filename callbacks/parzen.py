@@ -44,8 +44,14 @@ class ParzenLikelihood(pl.Callback):
     metric: ClassVar[str] = "val/parzen_ll"
     sigma_metric: ClassVar[str] = "val/parzen_sigma"
 
-    def __init__(self, every_n_epochs: int, seed: int = 0, samples: int = 10_000, sigma_images: int = 1_000,
-                 scored_images: int = 2_000) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int,
+        seed: int = 0,
+        samples: int = 10_000,
+        sigma_images: int = 1_000,
+        scored_images: int = 2_000,
+    ) -> None:
         if min(every_n_epochs, samples, sigma_images, scored_images) < 1:
             raise ValueError("every_n_epochs, samples, sigma_images and scored_images must be at least 1")
         self.every_n_epochs, self.seed, self.samples = every_n_epochs, seed, samples
@@ -77,8 +83,11 @@ class ParzenLikelihood(pl.Callback):
         images = trainer.datamodule.validation_data()[0]
         # Lightning's validation loop holds the module in evaluation mode here: decoding draws no dropout noise
         samples = prior_images(pl_module, self.samples, torch.Generator().manual_seed(self.seed))
-        estimate = parzen_estimate(samples, images[: self.sigma_images],
-                                   images[self.sigma_images : self.sigma_images + self.scored_images],
-                                   default_sigma_grid())
+        estimate = parzen_estimate(
+            samples,
+            images[: self.sigma_images],
+            images[self.sigma_images : self.sigma_images + self.scored_images],
+            default_sigma_grid(),
+        )
         pl_module.log(self.metric, estimate.mean, sync_dist=True)
         pl_module.log(self.sigma_metric, estimate.sigma, sync_dist=True)

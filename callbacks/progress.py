@@ -88,9 +88,13 @@ class EpochLines(pl.Callback):
         left = (now - self._first_start) / self._epochs_done * (trainer.max_epochs - epoch)
         # read on every rank, as every rank gets here: should reading them sync a value, no rank waits alone
         metrics = trainer.callback_metrics
-        sections = [f"epoch {epoch}/{trainer.max_epochs}", f"{now - self._epoch_start:.1f} s",
-                    _section("train", metrics, suffix="_epoch"), _section("val", metrics),
-                    f"{timedelta(seconds=round(left))} left"]
+        sections = [
+            f"epoch {epoch}/{trainer.max_epochs}",
+            f"{now - self._epoch_start:.1f} s",
+            _section("train", metrics, suffix="_epoch"),
+            _section("val", metrics),
+            f"{timedelta(seconds=round(left))} left",
+        ]
         if trainer.is_global_zero:
             print(" | ".join(section for section in sections if section), flush=True)
 
@@ -98,6 +102,9 @@ class EpochLines(pl.Callback):
 def _section(stage: str, metrics: dict[str, Tensor], suffix: str = "") -> str:
     """`stage name=value ...` for the metrics named `stage/<name><suffix>`, by name; empty without any."""
     prefix = f"{stage}/"
-    values = [f"{key[len(prefix) : len(key) - len(suffix)]}={float(value):.4g}"
-              for key, value in sorted(metrics.items()) if key.startswith(prefix) and key.endswith(suffix)]
+    values = [
+        f"{key[len(prefix) : len(key) - len(suffix)]}={float(value):.4g}"
+        for key, value in sorted(metrics.items())
+        if key.startswith(prefix) and key.endswith(suffix)
+    ]
     return " ".join([stage, *values]) if values else ""

@@ -6,7 +6,7 @@ registry, no backend switch, nothing left open between epochs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -60,8 +60,9 @@ def scatter_codes(
         prior = prior_samples.cpu().numpy()
         axes.scatter(prior[:, 0], prior[:, 1], s=3, c="0.75", alpha=0.4, linewidths=0, zorder=1, label="prior")
     points, digits = codes.cpu().numpy(), labels.cpu().numpy()
-    colours = axes.scatter(points[:, 0], points[:, 1], s=4, c=digits, cmap=DIGIT_COLOURS, vmin=-0.5, vmax=9.5,
-                           linewidths=0, zorder=2)
+    colours = axes.scatter(
+        points[:, 0], points[:, 1], s=4, c=digits, cmap=DIGIT_COLOURS, vmin=-0.5, vmax=9.5, linewidths=0, zorder=2
+    )
     bar = figure.colorbar(colours, ax=axes, ticks=range(10), fraction=0.05, pad=0.02)
     bar.set_label("digit")
     axes.set_xlabel(axis_labels[0])
@@ -85,8 +86,15 @@ def confusion_matrix_image(matrix: Tensor, title: str, predicted_label: str = "p
     figure.colorbar(heat, ax=axes, fraction=0.05, pad=0.02).set_label("share of the true class")
     for true in range(rows):
         for predicted in range(columns):
-            axes.text(predicted, true, str(int(counts[true, predicted])), ha="center", va="center", fontsize=7,
-                      color="white" if rates[true, predicted] > 0.5 else "black")
+            axes.text(
+                predicted,
+                true,
+                str(int(counts[true, predicted])),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if rates[true, predicted] > 0.5 else "black",
+            )
     axes.set_xticks(range(columns))
     axes.set_yticks(range(rows))
     axes.set_xlabel(predicted_label)

@@ -29,14 +29,16 @@ def has_wandb_credentials() -> bool:
         return False
 
 
-def make_wandb_logger(project: str, name: str, save_dir: Path, config: dict[str, Any],
-                      run_id: str | None = None) -> WandbLogger:
+def make_wandb_logger(
+    project: str, name: str, save_dir: Path, config: dict[str, Any], run_id: str | None = None
+) -> WandbLogger:
     """Online when W&B credentials exist and `WANDB_MODE` does not say otherwise; offline otherwise, with a hint
     on how to upload the run later. With `run_id`, logs into that W&B run if it exists (a resumed run; offline
     pieces of one run are uploaded into it by `wandb sync`), and starts it under that id if not."""
     if importlib.util.find_spec("wandb") is None:  # an optional dependency: the project's [wandb] extra
-        raise UserError("--logger wandb needs the wandb package (pip install wandb); or choose --logger csv, "
-                        "tensorboard or none")
+        raise UserError(
+            "--logger wandb needs the wandb package (pip install wandb); or choose --logger csv, tensorboard or none"
+        )
     save_dir.mkdir(parents=True, exist_ok=True)
     # Each training process owns its W&B service. One inherited from a parent process that used wandb (a notebook,
     # a test runner) would own this run instead: it would still hold the id of a killed run being resumed ("run ID
@@ -46,14 +48,16 @@ def make_wandb_logger(project: str, name: str, save_dir: Path, config: dict[str,
     logger = _logger(project, name, save_dir, mode, run_id)
     if mode == "online":
         try:
-            logger.experiment  # start the run now, so a failure to reach W&B surfaces here and not mid-training
+            _ = logger.experiment  # start the run now, so a failure to reach W&B surfaces here and not mid-training
         except Exception as error:  # wandb raises several unrelated types for "no network"  # noqa: BLE001
             rank_zero_info(f"W&B unreachable ({type(error).__name__}); logging offline instead")
             mode = "offline"
             logger = _logger(project, name, save_dir, mode, run_id)
     if mode == "offline":
-        rank_zero_info(f"W&B is offline: the run is written under {save_dir / 'wandb'}; upload it later with "
-                       f"`wandb sync {save_dir / 'wandb'}/offline-run-*`")
+        rank_zero_info(
+            f"W&B is offline: the run is written under {save_dir / 'wandb'}; upload it later with "
+            f"`wandb sync {save_dir / 'wandb'}/offline-run-*`"
+        )
     logger.log_hyperparams(config)
     return logger
 
@@ -63,8 +67,16 @@ def _logger(project: str, name: str, save_dir: Path, mode: str, run_id: str | No
 
     # a bounded start-up wait: without it an unreachable server can stall the run for minutes
     settings = wandb.Settings(init_timeout=30, silent=True)
-    logger = WandbLogger(project=project, name=name, save_dir=str(save_dir), offline=mode == "offline", mode=mode,
-                         settings=settings, id=run_id, resume="allow")
+    logger = WandbLogger(
+        project=project,
+        name=name,
+        save_dir=str(save_dir),
+        offline=mode == "offline",
+        mode=mode,
+        settings=settings,
+        id=run_id,
+        resume="allow",
+    )
     # Lightning passes `anonymous` to wandb.init whatever it is given (None here), and wandb 0.31 warns on every
     # run that the setting has no effect; left out, wandb.init never sees it
     logger._wandb_init.pop("anonymous", None)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -71,7 +71,9 @@ def make_split(targets: Tensor, seed: int, num_labels: int | None, val_size: int
     The unlabeled set is every non-validation image, the labeled ones included (as in the paper)."""
     total = len(targets)
     if not 0 < val_size < total:
-        raise DataError(f"--val-size must be between 1 and {total - 1} (the training set has {total} images), got {val_size}")
+        raise DataError(
+            f"--val-size must be between 1 and {total - 1} (the training set has {total} images), got {val_size}"
+        )
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(total, generator=generator)
     validation, rest = order[:val_size], order[val_size:]
@@ -79,7 +81,9 @@ def make_split(targets: Tensor, seed: int, num_labels: int | None, val_size: int
         labeled = rest
     else:
         if num_labels <= 0 or num_labels % NUM_CLASSES:
-            raise DataError(f"--labels must be a positive multiple of {NUM_CLASSES} (balanced classes), got {num_labels}")
+            raise DataError(
+                f"--labels must be a positive multiple of {NUM_CLASSES} (balanced classes), got {num_labels}"
+            )
         per_class = num_labels // NUM_CLASSES
         rest_targets = targets[rest]
         chosen = []
@@ -136,13 +140,16 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
                 f"MNIST not found in {raw_dir} and the download failed ({reason}); "
                 f"put the four files {', '.join(MNIST_RAW_FILES)} there"
             ) from error
-        raise DataError(f"MNIST files in {raw_dir} are truncated or corrupt ({error}); delete them and download again") from error
+        raise DataError(
+            f"MNIST files in {raw_dir} are truncated or corrupt ({error}); delete them and download again"
+        ) from error
     finally:
         socket.setdefaulttimeout(previous_timeout)
     images, targets = dataset.data, dataset.targets
     if images.dim() != 3 or images.shape[1:] != (28, 28) or len(images) != len(targets) or len(images) == 0:
         raise DataError(
-            f"MNIST files in {raw_dir} are corrupt: images {tuple(images.shape)} do not match labels {tuple(targets.shape)}"
+            f"MNIST files in {raw_dir} are corrupt: images {tuple(images.shape)} "
+            f"do not match labels {tuple(targets.shape)}"
         )
     if targets.min() < 0 or targets.max() >= NUM_CLASSES:
         raise DataError(f"MNIST labels in {raw_dir} are corrupt: values outside 0-9")
@@ -196,7 +203,9 @@ class _EpochBatches:
     def _global_batches(self, stream: str, epoch: int) -> Iterator[Tensor]:
         indices, batch_size = self.streams[stream], self.batch_sizes[stream]
         # Seeded from numbers only: Python's str hash differs between processes, and all ranks must agree.
-        generator = torch.Generator().manual_seed((self.seed * 100_003 + epoch) * len(TRAIN_STREAMS) + TRAIN_STREAMS.index(stream))
+        generator = torch.Generator().manual_seed(
+            (self.seed * 100_003 + epoch) * len(TRAIN_STREAMS) + TRAIN_STREAMS.index(stream)
+        )
         buffer = indices[torch.randperm(len(indices), generator=generator)]
         while True:
             while len(buffer) < batch_size:  # a new pass over a small (labeled) set
@@ -295,7 +304,9 @@ class MNISTDataModule(pl.LightningDataModule):
         self._check_fingerprint()
         check_global_batch_sizes(self._world_size(), self.hparams.batch_size, self.labeled_batch_size)
         primary = self.split.unlabeled if "unlabeled" in self.hparams.train_streams else self.split.labeled
-        primary_batch = self.hparams.batch_size if "unlabeled" in self.hparams.train_streams else self.labeled_batch_size
+        primary_batch = (
+            self.hparams.batch_size if "unlabeled" in self.hparams.train_streams else self.labeled_batch_size
+        )
         if len(primary) < primary_batch:
             raise DataError(f"--batch-size {primary_batch} is larger than the {len(primary)} training images")
 

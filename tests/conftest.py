@@ -13,8 +13,9 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IDX_TYPE_UBYTE = 0x08
-CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                        reason="no CUDA device")])
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

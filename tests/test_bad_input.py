@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
+from test_cli import assert_one_line_error, start
 
 import train
-from conftest import write_idx
-from test_cli import assert_one_line_error, run_cases, start
 
 SMALL = ["--hidden-sizes", "16", "--gpus", "0", "--image-every-n-epochs", "0", "--logger", "none"]
 #: for the variants with discriminators
@@ -65,7 +65,17 @@ def error_cases(tiny: Path, work: Path, semi: Path) -> dict[str, tuple[list[str]
     """name -> (argv, fragments the one-line message must contain)."""
     data = corrupt_copies(tiny, work)
     files = bad_checkpoints(semi, work)
-    on_tiny = ["--data-dir", str(tiny), "--val-size", "100", "--batch-size", "50", "--output-dir", str(work / "runs"), *SMALL]
+    on_tiny = [
+        "--data-dir",
+        str(tiny),
+        "--val-size",
+        "100",
+        "--batch-size",
+        "50",
+        "--output-dir",
+        str(work / "runs"),
+        *SMALL,
+    ]
     semi_on_tiny = ["--variant", "semi", "--labels", "100", *on_tiny, *SMALL_DISC]
     missing = work / "no-such.ckpt"
 
@@ -76,22 +86,40 @@ def error_cases(tiny: Path, work: Path, semi: Path) -> dict[str, tuple[list[str]
         return ["--variant", "ae", *on_tiny, "--data-dir", str(data[name]), "--no-download"]
 
     return {
-        "unknown_prior": (["--variant", "aae", "--prior", "banana", *on_tiny, *SMALL_DISC], ["--prior", "banana", "gaussian"]),
-        "2d_prior_on_3d_latent": (["--variant", "aae", "--prior", "mixture", "--latent-dim", "3", *on_tiny, *SMALL_DISC],
-                                  ["--prior mixture", "2-D", "--latent-dim is 3"]),
+        "unknown_prior": (
+            ["--variant", "aae", "--prior", "banana", *on_tiny, *SMALL_DISC],
+            ["--prior", "banana", "gaussian"],
+        ),
+        "2d_prior_on_3d_latent": (
+            ["--variant", "aae", "--prior", "mixture", "--latent-dim", "3", *on_tiny, *SMALL_DISC],
+            ["--prior mixture", "2-D", "--latent-dim is 3"],
+        ),
         "negative_epochs": (["--variant", "ae", "--max-epochs", "-3"], ["--max-epochs", "-3"]),
         "zero_labeled_batch": (["--variant", "semi", "--labeled-batch-size", "0"], ["--labeled-batch-size", "0"]),
         "labels_not_a_number": (["--variant", "semi", "--labels", "many"], ["--labels", "many"]),
-        "negative_labels": (["--variant", "semi", *on_tiny, *SMALL_DISC, "--labels", "-10"], ["--labels", "-10", "multiple of 10"]),
-        "batch_larger_than_the_data": (["--variant", "ae", *on_tiny, "--batch-size", "1000"],
-                                       ["--batch-size 1000", "500 training images"]),
-        "test_files_missing": (data_dir("partial"), ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", str(data["partial"])]),
+        "negative_labels": (
+            ["--variant", "semi", *on_tiny, *SMALL_DISC, "--labels", "-10"],
+            ["--labels", "-10", "multiple of 10"],
+        ),
+        "batch_larger_than_the_data": (
+            ["--variant", "ae", *on_tiny, "--batch-size", "1000"],
+            ["--batch-size 1000", "500 training images"],
+        ),
+        "test_files_missing": (
+            data_dir("partial"),
+            ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", str(data["partial"])],
+        ),
         "not_an_idx_header": (data_dir("bad_magic"), ["truncated or corrupt", str(data["bad_magic"])]),
         "label_outside_0_to_9": (data_dir("label_12"), ["labels", "outside 0-9"]),
         "image_and_label_counts_differ": (data_dir("counts_differ"), ["corrupt", "(600, 28, 28)", "(100,)"]),
-        "checkpoint_of_another_variant": (["--variant", "aae", *on_tiny, *SMALL_DISC, "--ckpt-path", str(semi)],
-                                          ["--variant semi, not aae", str(semi)]),
-        "checkpoint_with_other_settings": ([*ckpt(semi), "--hidden-sizes", "32"], ["--hidden-sizes 16 (now 32)", "flags it was trained with"]),
+        "checkpoint_of_another_variant": (
+            ["--variant", "aae", *on_tiny, *SMALL_DISC, "--ckpt-path", str(semi)],
+            ["--variant semi, not aae", str(semi)],
+        ),
+        "checkpoint_with_other_settings": (
+            [*ckpt(semi), "--hidden-sizes", "32"],
+            ["--hidden-sizes 16 (now 32)", "flags it was trained with"],
+        ),
         "checkpoint_of_another_split": ([*ckpt(semi), "--labels", "200"], ["--labels 100 (now 200)"]),
         "random_bytes": (ckpt(files["random"]), ["not a readable checkpoint", str(files["random"])]),
         "text_file": (ckpt(files["text"]), ["not a readable checkpoint", str(files["text"])]),
@@ -101,27 +129,73 @@ def error_cases(tiny: Path, work: Path, semi: Path) -> dict[str, tuple[list[str]
         "another_programs_checkpoint": (ckpt(files["foreign"]), ["not a checkpoint of train.py", "aae_variant"]),
         "missing_checkpoint": (ckpt(missing), [str(missing), "does not exist"]),
         "folder_as_checkpoint": (ckpt(work), [str(work), "folder"]),
-        "last_without_run_name": (["--variant", "ae", *on_tiny, "--ckpt-path", "last"], ["--ckpt-path last", "--run-name"]),
-        "last_of_a_run_that_never_was": (["--variant", "ae", *on_tiny, "--ckpt-path", "last", "--run-name", "never"],
-                                         [str(work / "runs" / "never" / "checkpoints" / "last.ckpt"), "does not exist"]),
+        "last_without_run_name": (
+            ["--variant", "ae", *on_tiny, "--ckpt-path", "last"],
+            ["--ckpt-path last", "--run-name"],
+        ),
+        "last_of_a_run_that_never_was": (
+            ["--variant", "ae", *on_tiny, "--ckpt-path", "last", "--run-name", "never"],
+            [str(work / "runs" / "never" / "checkpoints" / "last.ckpt"), "does not exist"],
+        ),
     }
 
 
 def nan_run(tiny: Path, work: Path) -> list[str]:
     """A run whose learning rate is multiplied by 1e30 after its first epoch: epoch 0 trains and is checkpointed,
     epoch 1 produces a non-finite loss at once."""
-    return ["--variant", "aae", "--data-dir", str(tiny), "--val-size", "100", "--batch-size", "50", *SMALL, *SMALL_DISC,
-            "--max-epochs", "3", "--lr-milestones", "1", "--lr-gamma", "1e30", "--output-dir", str(work / "runs"),
-            "--run-name", "nan"]
+    return [
+        "--variant",
+        "aae",
+        "--data-dir",
+        str(tiny),
+        "--val-size",
+        "100",
+        "--batch-size",
+        "50",
+        *SMALL,
+        *SMALL_DISC,
+        "--max-epochs",
+        "3",
+        "--lr-milestones",
+        "1",
+        "--lr-gamma",
+        "1e30",
+        "--output-dir",
+        str(work / "runs"),
+        "--run-name",
+        "nan",
+    ]
 
 
 @pytest.fixture(scope="module")
 def semi_checkpoint(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real checkpoint of the semi-supervised variant: one epoch through `train.main`, in this process."""
     output = tmp_path_factory.mktemp("semi")
-    assert train.main(["--variant", "semi", "--labels", "100", "--data-dir", str(tiny_mnist_dir), "--val-size", "100",
-                       "--batch-size", "50", *SMALL, *SMALL_DISC, "--max-epochs", "1", "--output-dir", str(output),
-                       "--run-name", "semi"]) == 0
+    assert (
+        train.main(
+            [
+                "--variant",
+                "semi",
+                "--labels",
+                "100",
+                "--data-dir",
+                str(tiny_mnist_dir),
+                "--val-size",
+                "100",
+                "--batch-size",
+                "50",
+                *SMALL,
+                *SMALL_DISC,
+                "--max-epochs",
+                "1",
+                "--output-dir",
+                str(output),
+                "--run-name",
+                "semi",
+            ]
+        )
+        == 0
+    )
     return output / "semi" / "checkpoints" / "last.ckpt"
 
 
@@ -131,20 +205,44 @@ def cases(tiny_mnist_dir: Path, semi_checkpoint: Path, tmp_path_factory: pytest.
     cases = error_cases(tiny_mnist_dir, work, semi_checkpoint)
     argv = {name: argv for name, (argv, _) in cases.items()} | {"nan": nan_run(tiny_mnist_dir, work)}
     (work / "cases.json").write_text(json.dumps(argv))
-    child = start([sys.executable, "-c", f"import test_cli; test_cli.run_cases({str(work / 'cases.json')!r}, "
-                                         f"{str(work / 'results.json')!r})"], cwd=work)
+    child = start(
+        [
+            sys.executable,
+            "-c",
+            f"import test_cli; test_cli.run_cases({str(work / 'cases.json')!r}, {str(work / 'results.json')!r})",
+        ],
+        cwd=work,
+    )
     _, stderr = child.communicate(timeout=600)
     assert child.returncode == 0, stderr
     return {"work": work, "cases": cases, "results": json.loads((work / "results.json").read_text())}
 
 
 CASE_NAMES = [
-    "unknown_prior", "2d_prior_on_3d_latent", "negative_epochs", "zero_labeled_batch", "labels_not_a_number",
-    "negative_labels", "batch_larger_than_the_data", "test_files_missing", "not_an_idx_header",
-    "label_outside_0_to_9", "image_and_label_counts_differ", "checkpoint_of_another_variant",
-    "checkpoint_with_other_settings", "checkpoint_of_another_split", "random_bytes", "text_file", "empty_file",
-    "truncated_checkpoint", "a_saved_tensor", "another_programs_checkpoint", "missing_checkpoint",
-    "folder_as_checkpoint", "last_without_run_name", "last_of_a_run_that_never_was",
+    "unknown_prior",
+    "2d_prior_on_3d_latent",
+    "negative_epochs",
+    "zero_labeled_batch",
+    "labels_not_a_number",
+    "negative_labels",
+    "batch_larger_than_the_data",
+    "test_files_missing",
+    "not_an_idx_header",
+    "label_outside_0_to_9",
+    "image_and_label_counts_differ",
+    "checkpoint_of_another_variant",
+    "checkpoint_with_other_settings",
+    "checkpoint_of_another_split",
+    "random_bytes",
+    "text_file",
+    "empty_file",
+    "truncated_checkpoint",
+    "a_saved_tensor",
+    "another_programs_checkpoint",
+    "missing_checkpoint",
+    "folder_as_checkpoint",
+    "last_without_run_name",
+    "last_of_a_run_that_never_was",
 ]
 
 
@@ -170,8 +268,11 @@ def test_a_nan_loss_ends_the_run_with_one_line_and_keeps_the_last_good_checkpoin
     assert "Traceback" not in result["stderr"], result["stderr"]
     assert result["code"] == train.EXIT_DIVERGED, result["stderr"]
     last_line = result["stderr"].strip().splitlines()[-1]
-    assert re.fullmatch(r"error: (reconstruction|regularization|generator) loss is (nan|inf|-inf) at epoch 1, "
-                        r"batch \d+; training stopped and the last checkpoint is untouched", last_line), last_line
+    assert re.fullmatch(
+        r"error: (reconstruction|regularization|generator) loss is (nan|inf|-inf) at epoch 1, "
+        r"batch \d+; training stopped and the last checkpoint is untouched",
+        last_line,
+    ), last_line
     checkpoints = cases["work"] / "runs" / "nan" / "checkpoints"
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (0, 10 * 3)  # the end of epoch 0: 10 batches, 3 phases

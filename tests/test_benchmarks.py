@@ -13,7 +13,6 @@ from types import ModuleType
 import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
-
 from trainers import TINY_FLAGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +30,38 @@ def test_throughput_prints_one_consistent_row_per_variant(mnist_dir: Path, capsy
     throughput = load_benchmark("throughput")
     threads = torch.get_num_threads()
     try:
-        throughput.main(["--data-dir", str(mnist_dir), "--variants", "ae", "semi", "--batches", "2", "--warmup", "1",
-                         "--repeats", "1", "--threads", "1"])
+        throughput.main(
+            [
+                "--data-dir",
+                str(mnist_dir),
+                "--variants",
+                "ae",
+                "semi",
+                "--batches",
+                "2",
+                "--warmup",
+                "1",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("| variant"))
     assert [cell.strip() for cell in header.strip("|").split("|")][1:4] == [
-        "Lightning steps/s", "bare loop steps/s", "plain loop steps/s"]
-    rows = {cells[0]: cells[1:] for line in lines if line.startswith("| ") and not line.startswith("| variant")
-            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+        "Lightning steps/s",
+        "bare loop steps/s",
+        "plain loop steps/s",
+    ]
+    rows = {
+        cells[0]: cells[1:]
+        for line in lines
+        if line.startswith("| ") and not line.startswith("| variant")
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
     assert set(rows) == {"ae", "semi"}
     for cells in rows.values():
         lightning, bare, plain = (float(cell) for cell in cells[:3])
@@ -57,8 +78,9 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is
 
 @NO_CUDA
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
-def test_throughput_on_a_gpu_without_one_is_one_line_and_exit_2(accelerator: str,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_throughput_on_a_gpu_without_one_is_one_line_and_exit_2(
+    accelerator: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as stopped:
         load_benchmark("throughput").main(["--accelerator", accelerator])
     assert stopped.value.code == 2
@@ -68,8 +90,13 @@ def test_throughput_on_a_gpu_without_one_is_one_line_and_exit_2(accelerator: str
 
 @NO_CUDA
 def test_gpu_check_without_cuda_is_one_line_and_exit_2() -> None:
-    result = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr == "gpu_check.sh needs a CUDA device; torch.cuda.is_available() is False here\n"
     assert result.stdout == ""
@@ -89,7 +116,18 @@ PLOT_CASES = {
     "any other metric, with the paper's number from the command line": (
         "epoch,step,train/recon_loss_epoch,val/parzen_ll\n"
         "0,99,30.0,\n1,199,,290.5\n1,199,25.0,\n2,299,24.0,\n3,399,,301.25\n3,399,23.0,\n",
-        ["--run", "seed0={run}", "--metric", "val/parzen_ll", "--unit", "", "--paper", "seed0=340", "--csv-prefix", "parzen"],
+        [
+            "--run",
+            "seed0={run}",
+            "--metric",
+            "val/parzen_ll",
+            "--unit",
+            "",
+            "--paper",
+            "seed0=340",
+            "--csv-prefix",
+            "parzen",
+        ],
         "parzen-seed0.csv",
         ["epoch,val_parzen_ll", "1,290.5000", "3,301.2500"],
     ),
@@ -112,7 +150,9 @@ def test_plot_curves_draws_the_metric_and_writes_each_runs_curve(case: str, tmp_
 
 def test_plot_curves_refuses_a_papers_number_that_is_not_a_number(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
-        load_benchmark("plot_curves").main(["--run", f"x={tmp_path}", "--paper", "x=many", "--out", str(tmp_path / "c.png")])
+        load_benchmark("plot_curves").main(
+            ["--run", f"x={tmp_path}", "--paper", "x=many", "--out", str(tmp_path / "c.png")]
+        )
 
 
 def test_confusion_counts_each_true_and_predicted_pair() -> None:
@@ -133,8 +173,22 @@ def test_confusion_reads_a_classifier_checkpoint_and_refuses_a_clustering_one(
     import train
 
     for variant in ("semi", "clustering"):
-        assert train.main(["--variant", variant, "--run-name", variant, "--data-dir", str(tiny_mnist_dir),
-                           "--output-dir", str(tmp_path), *TINY_FLAGS]) == 0
+        assert (
+            train.main(
+                [
+                    "--variant",
+                    variant,
+                    "--run-name",
+                    variant,
+                    "--data-dir",
+                    str(tiny_mnist_dir),
+                    "--output-dir",
+                    str(tmp_path),
+                    *TINY_FLAGS,
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     confusion = load_benchmark("confusion")
     assert confusion.main([str(tmp_path / "semi" / "checkpoints" / "last.ckpt")]) == 0

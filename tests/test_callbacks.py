@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from trainers import gpus_flag
 
 import train
 from aae_lightning.errors import UserError
 from callbacks.wandb_setup import make_wandb_logger
-from trainers import gpus_flag
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -34,14 +34,40 @@ BLOCK_SIZE, CHUNK_HEADER = 32 * 1024, 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def train_argv(data_dir: Path, output_dir: Path, variant: str = "semi", logger: str = "none", *extra: str,
-               device: str = "cpu") -> list[str]:
+def train_argv(
+    data_dir: Path, output_dir: Path, variant: str = "semi", logger: str = "none", *extra: str, device: str = "cpu"
+) -> list[str]:
     """A two-epoch run (unless `extra` says otherwise) on the tiny data with small networks, drawing every epoch."""
     adversarial = [] if variant == "ae" else ["--disc-hidden-sizes", "32", "32"]
-    return ["--variant", variant, "--data-dir", str(data_dir), "--no-download", "--labels", "100",
-            "--val-size", str(VAL_SIZE), "--batch-size", "50", "--max-epochs", str(EPOCHS), *gpus_flag(device),
-            "--hidden-sizes", "64", "64", *adversarial, "--logger", logger, "--output-dir", str(output_dir),
-            "--run-name", f"{variant}-run", "--image-every-n-epochs", "1", *extra]
+    return [
+        "--variant",
+        variant,
+        "--data-dir",
+        str(data_dir),
+        "--no-download",
+        "--labels",
+        "100",
+        "--val-size",
+        str(VAL_SIZE),
+        "--batch-size",
+        "50",
+        "--max-epochs",
+        str(EPOCHS),
+        *gpus_flag(device),
+        "--hidden-sizes",
+        "64",
+        "64",
+        *adversarial,
+        "--logger",
+        logger,
+        "--output-dir",
+        str(output_dir),
+        "--run-name",
+        f"{variant}-run",
+        "--image-every-n-epochs",
+        "1",
+        *extra,
+    ]
 
 
 def run_in_process(argv: list[str]) -> dict[str, Any]:
@@ -143,7 +169,10 @@ def assert_wandb_images_logged_once_per_epoch(run_dir: Path, rows: list[dict[str
         assert [row["epoch"] for row in logged] == list(range(EPOCHS)), (name, logged)
         for epoch, row in enumerate(logged):
             media = row[f"images/{name}"]
-            with Image.open(files / media["path"]) as uploaded, Image.open(run_dir / "images" / name / f"epoch_{epoch:03d}.png") as saved:
+            with (
+                Image.open(files / media["path"]) as uploaded,
+                Image.open(run_dir / "images" / name / f"epoch_{epoch:03d}.png") as saved,
+            ):
                 assert np.array_equal(np.asarray(uploaded.convert("RGB")), np.asarray(saved.convert("RGB"))), name
             assert f"(epoch {epoch})" in media["caption"]
 
@@ -166,11 +195,16 @@ def test_wandb_offline_run_holds_every_image_accuracy_and_config(tiny_mnist_dir:
     assert all(0 <= row["val/acc"] <= 1 for row in accuracy)
     assert max(row["val/acc"] for row in accuracy) == pytest.approx(results["val"]["val/acc"])
 
-    definitions = {record.metric.name: record.metric for record in records
-                   if record.WhichOneof("record_type") == "metric" and record.metric.name}
+    definitions = {
+        record.metric.name: record.metric
+        for record in records
+        if record.WhichOneof("record_type") == "metric" and record.metric.name
+    }
     for key in ("val/acc", "val/recon_loss", "train/recon_loss_epoch", "train/class_loss_epoch"):
         assert definitions[key].step_metric == "epoch", (key, definitions.get(key))
-    assert definitions.get("train/recon_loss_step") is None or definitions["train/recon_loss_step"].step_metric != "epoch"
+    assert (
+        definitions.get("train/recon_loss_step") is None or definitions["train/recon_loss_step"].step_metric != "epoch"
+    )
 
     config = run_config(records)
     assert config["split_fingerprint"] == results["split"]["split_fingerprint"]
@@ -187,8 +221,9 @@ def test_default_run_name_carries_variant_and_label_count(monkeypatch: pytest.Mo
     assert name.startswith("semi-100labels-seed0-")
 
 
-def test_wandb_logger_without_the_wandb_package_is_one_user_error(monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path) -> None:
+def test_wandb_logger_without_the_wandb_package_is_one_user_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # how an install without the [wandb] extra looks to importlib
     with pytest.raises(UserError, match=r"^--logger wandb needs the wandb package .*--logger csv"):
         make_wandb_logger(project="p", name="r", save_dir=tmp_path, config={})
@@ -219,37 +254,52 @@ def semi_without_logger(device: str, tiny_mnist_dir: Path, tmp_path_factory: pyt
 
 def test_without_a_logger_the_images_are_pngs_in_the_run_folder(semi_without_logger: Path) -> None:
     assert png_files(semi_without_logger) == expected_pngs(SEMI_IMAGES)
-    sizes = {"latent_grid": (20 * 30 + 2,) * 2, "samples": (10 * 30 + 2,) * 2,
-             "style_grid": (12 * 30 + 2, 10 * 30 + 2), "reconstructions": (10 * 30 + 2, 8 * 30 + 2)}
+    sizes = {
+        "latent_grid": (20 * 30 + 2,) * 2,
+        "samples": (10 * 30 + 2,) * 2,
+        "style_grid": (12 * 30 + 2, 10 * 30 + 2),
+        "reconstructions": (10 * 30 + 2, 8 * 30 + 2),
+    }
     for name, size in sizes.items():
         with Image.open(semi_without_logger / "images" / name / "epoch_001.png") as image:
             assert image.size == size, name
             assert np.asarray(image).std() > 0, f"{name} is a blank image"
 
 
-def test_images_leave_training_untouched(semi_without_logger: Path, device: str, tiny_mnist_dir: Path,
-                                         tmp_path: Path) -> None:
+def test_images_leave_training_untouched(
+    semi_without_logger: Path, device: str, tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
     """Drawing every epoch consumes no global random numbers: the run ends exactly as one that never draws."""
-    train.train(train.parse_args(train_argv(tiny_mnist_dir, tmp_path, "semi", "none", "--image-every-n-epochs", "0",
-                                            device=device)))
+    train.train(
+        train.parse_args(
+            train_argv(tiny_mnist_dir, tmp_path, "semi", "none", "--image-every-n-epochs", "0", device=device)
+        )
+    )
     assert not (tmp_path / "semi-run" / "images").exists()
-    drawn, plain = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-                    for run in (semi_without_logger, tmp_path / "semi-run"))
+    drawn, plain = (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+        for run in (semi_without_logger, tmp_path / "semi-run")
+    )
     assert drawn["state_dict"].keys() == plain["state_dict"].keys()
     for key, value in drawn["state_dict"].items():
         assert torch.equal(value, plain["state_dict"][key]), key
     assert torch.equal(drawn["aae_rng"]["torch"], plain["aae_rng"]["torch"])
 
 
-def test_variant_without_prior_or_classes_says_so_once_in_one_line_each(tiny_mnist_dir: Path, tmp_path: Path,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_variant_without_prior_or_classes_says_so_once_in_one_line_each(
+    tiny_mnist_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Lightning's info log, which reaches the console as the bare message: nothing is wrong, so no warning."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train.train(train.parse_args(train_argv(tiny_mnist_dir, tmp_path, "ae", "none")))
     said = [message for message in caplog.messages if " draws nothing: " in message]
     assert sorted(message.split(" draws nothing: ")[0] for message in said) == [
-        "ConfusionMatrix", "LatentGrid", "PriorSamples", "StyleGrid"]  # once each, over two epochs
+        "ConfusionMatrix",
+        "LatentGrid",
+        "PriorSamples",
+        "StyleGrid",
+    ]  # once each, over two epochs
     assert not any("\n" in message for message in said)
     assert not [warning for warning in caught if " draws nothing: " in str(warning.message)]
     assert png_files(tmp_path / "ae-run") == expected_pngs(("reconstructions", "latent_scatter"))
@@ -274,8 +324,9 @@ def test_every_variant_is_covered() -> None:
 
 @pytest.mark.parametrize("variant", sorted(VARIANT_IMAGES))
 def test_each_variant_draws_what_it_can(variant: str, device: str, tiny_mnist_dir: Path, tmp_path: Path) -> None:
-    train.train(train.parse_args(train_argv(tiny_mnist_dir, tmp_path, variant, "none", "--max-epochs", "1",
-                                            device=device)))
+    train.train(
+        train.parse_args(train_argv(tiny_mnist_dir, tmp_path, variant, "none", "--max-epochs", "1", device=device))
+    )
     assert png_files(tmp_path / f"{variant}-run") == expected_pngs(VARIANT_IMAGES[variant], epochs=1)
 
 
@@ -283,8 +334,9 @@ def test_ddp_two_processes_log_each_image_once_into_one_run(tiny_mnist_dir: Path
     """Lightning's DDP launcher re-runs the script for rank 1, so the run is a subprocess. Each rank validates
     half of the images: the confusion matrix counting all of them proves the counts were summed over ranks."""
     argv = train_argv(tiny_mnist_dir, tmp_path, "semi", "wandb", "--accelerator", "cpu", "--devices", "2")
-    process = subprocess.run([sys.executable, "train.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=900)
+    process = subprocess.run(
+        [sys.executable, "train.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+    )
     assert process.returncode == 0, process.stderr[-4000:]
     assert [path.name for path in tmp_path.iterdir()] == ["semi-run"]
     run_dir = tmp_path / "semi-run"

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -72,7 +72,10 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
         ["--variant", "ae", "--data-dir", "{empty}", "--no-download", "--output-dir", "{runs}"],
         ["{empty}/MNIST/raw", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
     ),
-    "truncated_file": (["--variant", "ae", *ON_TINY, "--data-dir", "{truncated}"], ["truncated or corrupt", "{truncated}"]),
+    "truncated_file": (
+        ["--variant", "ae", *ON_TINY, "--data-dir", "{truncated}"],
+        ["truncated or corrupt", "{truncated}"],
+    ),
     "flag_of_another_variant": (["--variant", "ae", "--prior", "mixture"], ["--prior", "--variant ae"]),
     "unknown_preset": (["--preset", "no-such-preset"], ["no-such-preset"]),
 }
@@ -108,8 +111,12 @@ def train_py(*args: str) -> list[str]:
 def launched(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
     """Starts every process at once: they spend most of their time importing."""
     work = tmp_path_factory.mktemp("cli")
-    places = {"tiny": str(tiny_mnist_dir), "empty": str(work / "empty"), "truncated": str(work / "truncated"),
-              "runs": str(work / "runs")}
+    places = {
+        "tiny": str(tiny_mnist_dir),
+        "empty": str(work / "empty"),
+        "truncated": str(work / "truncated"),
+        "runs": str(work / "runs"),
+    }
     (work / "empty").mkdir()
     shutil.copytree(tiny_mnist_dir / "MNIST", work / "truncated" / "MNIST")
     images = work / "truncated" / "MNIST" / "raw" / "train-images-idx3-ubyte"
@@ -119,19 +126,44 @@ def launched(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     on_tiny = ["--data-dir", str(tiny_mnist_dir), *TINY, "--output-dir", str(work / "runs")]
     run.processes = {
         "errors": start(
-            [sys.executable, "-c", f"import test_cli; test_cli.run_cases({str(work / 'cases.json')!r}, {str(work / 'errors.json')!r})"],
+            [
+                sys.executable,
+                "-c",
+                f"import test_cli; test_cli.run_cases({str(work / 'cases.json')!r}, {str(work / 'errors.json')!r})",
+            ],
             cwd=work,
         ),
         # the acceptance check, through the real entry point
         "no_cuda": start(train_py("--variant", "ae", "--gpus", "1"), cwd=REPO_ROOT),
         "end_to_end": start(
-            train_py("--variant", "ae", *on_tiny, "--max-epochs", "1", "--logger", "csv", "--test",
-                     "--results-json", str(work / "r.json")),
+            train_py(
+                "--variant",
+                "ae",
+                *on_tiny,
+                "--max-epochs",
+                "1",
+                "--logger",
+                "csv",
+                "--test",
+                "--results-json",
+                str(work / "r.json"),
+            ),
             cwd=REPO_ROOT,
         ),
         "fast_dev_run": start(
-            train_py("--variant", "semi", "--labels", "100", *on_tiny, "--fast-dev-run", "--logger", "none",
-                     "--test", "--results-json", str(work / "fast.json")),
+            train_py(
+                "--variant",
+                "semi",
+                "--labels",
+                "100",
+                *on_tiny,
+                "--fast-dev-run",
+                "--logger",
+                "none",
+                "--test",
+                "--results-json",
+                str(work / "fast.json"),
+            ),
             cwd=REPO_ROOT,
         ),
     }

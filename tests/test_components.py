@@ -12,6 +12,7 @@ from torch import nn
 from aae_lightning import VARIANTS, get_variant
 from aae_lightning.base import adversarial_loss
 from aae_lightning.components import Decoder, Discriminator, Encoder, mlp
+from aae_lightning.errors import UserError
 from aae_lightning.priors import (
     CategoricalPrior,
     GaussianPrior,
@@ -21,7 +22,6 @@ from aae_lightning.priors import (
     UniformPrior,
     make_prior,
 )
-from aae_lightning.errors import UserError
 
 PRIORS = {
     "gaussian-2d": GaussianPrior(2, std=5.0),

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+from trainers import make_trainer
 
 from aae_lightning import get_variant
 from callbacks.progress import EpochLines, MetricsProgressBar, progress_callbacks
 from datamodules import MNISTDataModule
-from trainers import make_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
@@ -33,11 +33,34 @@ def plain_run(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     for name in ("WANDB_SILENT", "AAE_RUN_NAME"):  # a plain run has neither
         env.pop(name, None)
-    argv = [sys.executable, str(REPO_ROOT / "train.py"), "--variant", "aae", "--data-dir", str(tiny_mnist_dir),
-            "--no-download", "--val-size", "100", "--batch-size", "50", "--max-epochs", str(EPOCHS),
-            "--hidden-sizes", "64", "64", "--disc-hidden-sizes", "32", "32",
-            # fewer batches than logging steps is a warning of its own (10 batches an epoch here)
-            "--log-every-n-batches", "5", "--output-dir", str(output), "--run-name", "plain"]
+    argv = [
+        sys.executable,
+        str(REPO_ROOT / "train.py"),
+        "--variant",
+        "aae",
+        "--data-dir",
+        str(tiny_mnist_dir),
+        "--no-download",
+        "--val-size",
+        "100",
+        "--batch-size",
+        "50",
+        "--max-epochs",
+        str(EPOCHS),
+        "--hidden-sizes",
+        "64",
+        "64",
+        "--disc-hidden-sizes",
+        "32",
+        "32",
+        # fewer batches than logging steps is a warning of its own (10 batches an epoch here)
+        "--log-every-n-batches",
+        "5",
+        "--output-dir",
+        str(output),
+        "--run-name",
+        "plain",
+    ]
     return subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -83,10 +106,12 @@ class Recording(io.StringIO):
 def fit_semi(data_dir: Path, callbacks: list[pl.Callback], **settings: object) -> pl.Trainer:
     """Two epochs of a small `semi` (main metric: val/acc) on the tiny data, validating after each."""
     model = get_variant("semi")(hidden_sizes=(32,), disc_hidden_sizes=(16,))
-    datamodule = MNISTDataModule(str(data_dir), num_labels=100, val_size=100, batch_size=50, download=False,
-                                 train_streams=model.train_streams)
-    trainer = make_trainer(None, epochs=EPOCHS, callbacks=callbacks, limit_val_batches=1.0, log_every_n_steps=5,
-                           **settings)
+    datamodule = MNISTDataModule(
+        str(data_dir), num_labels=100, val_size=100, batch_size=50, download=False, train_streams=model.train_streams
+    )
+    trainer = make_trainer(
+        None, epochs=EPOCHS, callbacks=callbacks, limit_val_batches=1.0, log_every_n_steps=5, **settings
+    )
     trainer.fit(model, datamodule)
     return trainer
 
@@ -105,7 +130,8 @@ def test_lines_are_flushed_as_they_are_printed(tiny_mnist_dir: Path, monkeypatch
 
 
 def test_on_a_terminal_the_bar_shows_the_main_metric_and_the_reconstruction_loss(
-        tiny_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdout", Terminal())
     (bar,) = progress_callbacks("auto")
     assert isinstance(bar, MetricsProgressBar)

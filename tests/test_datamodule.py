@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pytest
 import pytorch_lightning as pl
@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from aae_lightning.errors import UserError
-from datamodules import DataError, MNISTDataModule, make_split
-from datamodules import mnist
+from datamodules import DataError, MNISTDataModule, make_split, mnist
 from datamodules.mnist import MNIST_RAW_FILES, _EpochBatches, _EvalBatches, load_mnist
 
 TINY_VAL = 100  # of the 600 tiny training images; 500 stay for training
@@ -44,7 +43,9 @@ def test_real_split_sizes_and_balance(real_targets: Tensor, num_labels: int) -> 
 
 def test_real_split_validation_is_disjoint_from_training(real_targets: Tensor) -> None:
     split = make_split(real_targets, seed=0, num_labels=1000, val_size=10_000)
-    validation, labeled, unlabeled = (set(indices.tolist()) for indices in (split.validation, split.labeled, split.unlabeled))
+    validation, labeled, unlabeled = (
+        set(indices.tolist()) for indices in (split.validation, split.labeled, split.unlabeled)
+    )
     assert not validation & unlabeled
     assert not validation & labeled
     assert labeled <= unlabeled  # the paper's unlabeled set includes the labeled images
@@ -129,7 +130,9 @@ def test_one_epoch_serves_exactly_the_unlabeled_images(tiny_mnist_dir: Path, tin
     assert sorted(served) == datamodule.split.unlabeled.tolist()
 
 
-def test_labeled_stream_cycles_through_every_labeled_image(tiny_mnist_dir: Path, tiny_train: tuple[Tensor, Tensor]) -> None:
+def test_labeled_stream_cycles_through_every_labeled_image(
+    tiny_mnist_dir: Path, tiny_train: tuple[Tensor, Tensor]
+) -> None:
     # 20 labeled images in batches of 15 beside 10 unlabeled batches: several passes, one batch straddling two
     datamodule = tiny_datamodule(tiny_mnist_dir, labeled_batch_size=15)
     images, labels = tiny_train
@@ -138,7 +141,7 @@ def test_labeled_stream_cycles_through_every_labeled_image(tiny_mnist_dir: Path,
     assert len(batches) == 500 // 50
     served = [rows_of(batch["labeled_x"], index) for batch in batches]
     assert set().union(*served) == set(datamodule.split.labeled.tolist())
-    for batch, rows in zip(batches, served):
+    for batch, rows in zip(batches, served, strict=True):
         assert len(set(rows)) == len(rows)  # not even the batch that straddles two passes repeats an image
         assert torch.equal(batch["labeled_y"], labels[rows])
 
@@ -166,7 +169,7 @@ def test_two_ranks_split_each_global_batch(tiny_mnist_dir: Path, labeled_batch_s
     assert len(single) == len(rank0) == len(rank1) == 10  # DDP needs the same number of steps on every rank
     index = row_index(datamodule._train[0])
     labeled_seen: set[int] = set()
-    for whole, first, second in zip(single, rank0, rank1):
+    for whole, first, second in zip(single, rank0, rank1, strict=True):
         for key in whole:
             assert torch.equal(torch.cat([first[key], second[key]]), whole[key])
         for key in ("x", "labeled_x"):
@@ -181,7 +184,7 @@ def as_tuples(batches: Iterable[dict[str, Tensor]]) -> list[tuple[Tensor, ...]]:
 
 def same_batches(first: Iterable[dict[str, Tensor]], second: Iterable[dict[str, Tensor]]) -> bool:
     pairs = list(zip(as_tuples(first), as_tuples(second), strict=True))
-    return all(torch.equal(a, b) for left, right in pairs for a, b in zip(left, right))
+    return all(torch.equal(a, b) for left, right in pairs for a, b in zip(left, right, strict=True))
 
 
 def test_epoch_reshuffles_and_the_same_epoch_repeats(tiny_mnist_dir: Path) -> None:
@@ -215,10 +218,17 @@ def test_evaluation_shards_cover_every_image_once(tiny_mnist_dir: Path, stage: s
 
 def test_split_summary_travels_with_the_checkpoint(tiny_mnist_dir: Path) -> None:
     saved = tiny_datamodule(tiny_mnist_dir, seed=0).state_dict()
-    assert saved == {"split_seed": 0, "num_labels": 20, "val_size": TINY_VAL, "split_fingerprint": saved["split_fingerprint"]}
+    assert saved == {
+        "split_seed": 0,
+        "num_labels": 20,
+        "val_size": TINY_VAL,
+        "split_fingerprint": saved["split_fingerprint"],
+    }
     assert len(saved["split_fingerprint"]) == 16
     tiny_datamodule(tiny_mnist_dir, seed=0).load_state_dict(saved)  # same split: accepted
-    restored_first = MNISTDataModule(data_dir=str(tiny_mnist_dir), num_labels=20, val_size=TINY_VAL, seed=0, download=False)
+    restored_first = MNISTDataModule(
+        data_dir=str(tiny_mnist_dir), num_labels=20, val_size=TINY_VAL, seed=0, download=False
+    )
     restored_first.load_state_dict(saved)  # evaluate.py restores before setup
     restored_first.setup("test")
 
@@ -256,7 +266,9 @@ def test_labels_must_be_a_multiple_of_ten(tiny_mnist_dir: Path) -> None:
 
 
 def test_labels_beyond_a_digits_images(tiny_mnist_dir: Path) -> None:
-    assert_one_line(lambda: tiny_datamodule(tiny_mnist_dir, num_labels=1000), "--labels 1000", "100 images of each digit")
+    assert_one_line(
+        lambda: tiny_datamodule(tiny_mnist_dir, num_labels=1000), "--labels 1000", "100 images of each digit"
+    )
 
 
 @pytest.mark.parametrize("val_size", [0, 600, 70_000])
@@ -265,9 +277,13 @@ def test_val_size_must_leave_training_images(tiny_mnist_dir: Path, val_size: int
 
 
 def test_global_batch_must_divide_by_the_devices(tiny_mnist_dir: Path) -> None:
-    datamodule = MNISTDataModule(data_dir=str(tiny_mnist_dir), num_labels=20, val_size=TINY_VAL, batch_size=25, download=False)
+    datamodule = MNISTDataModule(
+        data_dir=str(tiny_mnist_dir), num_labels=20, val_size=TINY_VAL, batch_size=25, download=False
+    )
     # a real two-process DDP trainer, not launched: setup() only asks it for the world size
-    datamodule.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    datamodule.trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False
+    )
     assert_one_line(lambda: datamodule.setup("fit"), "--batch-size 25", "multiple of 2")
 
 
@@ -281,7 +297,9 @@ def test_truncated_file_is_reported_as_corrupt(tiny_mnist_dir: Path, tmp_path: P
     assert_one_line(lambda: tiny_datamodule(tmp_path, download=True), "truncated or corrupt")
 
 
-def test_a_mirror_that_never_answers_fails_the_download_instead_of_hanging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_mirror_that_never_answers_fails_the_download_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real local server accepts the connection and then says nothing."""
     from torchvision.datasets import MNIST
 

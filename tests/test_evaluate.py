@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainers import TINY_FLAGS
 
 import evaluate
 import train
 from tests.conftest import REPO_ROOT
-from trainers import TINY_FLAGS
 
 PARZEN_FLAGS = ["--parzen-samples", "300", "--parzen-val-size", "40", "--parzen-test-size", "60"]
 
@@ -24,8 +24,19 @@ def checkpoints(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("runs")
     paths = {}
     for variant in ("clustering", "semi"):
-        code = train.main(["--variant", variant, "--data-dir", str(tiny_mnist_dir), "--output-dir", str(out),
-                           "--run-name", variant, *TINY_FLAGS])
+        code = train.main(
+            [
+                "--variant",
+                variant,
+                "--data-dir",
+                str(tiny_mnist_dir),
+                "--output-dir",
+                str(out),
+                "--run-name",
+                variant,
+                *TINY_FLAGS,
+            ]
+        )
         assert code == 0
         paths[variant] = out / variant / "checkpoints" / "last.ckpt"
     return paths
@@ -36,9 +47,21 @@ def test_evaluate_cli_reports_clustering_error_parzen_and_reconstruction(
 ) -> None:
     out = tmp_path / "eval.json"
     result = subprocess.run(
-        [sys.executable, "evaluate.py", "--ckpt", str(checkpoints["clustering"]), "--data-dir", str(tiny_mnist_dir),
-         "--json", str(out), *PARZEN_FLAGS],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "evaluate.py",
+            "--ckpt",
+            str(checkpoints["clustering"]),
+            "--data-dir",
+            str(tiny_mnist_dir),
+            "--json",
+            str(out),
+            *PARZEN_FLAGS,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     results = json.loads(out.read_text())
@@ -52,11 +75,16 @@ def test_evaluate_cli_reports_clustering_error_parzen_and_reconstruction(
     assert "test/cluster_error" in result.stdout and "test/parzen_ll" in result.stdout
 
 
-def test_evaluate_reports_test_accuracy_of_a_classifier(checkpoints: dict[str, Path], tiny_mnist_dir: Path,
-                                                        tmp_path: Path) -> None:
+def test_evaluate_reports_test_accuracy_of_a_classifier(
+    checkpoints: dict[str, Path], tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "eval.json"
-    assert evaluate.main(["--ckpt", str(checkpoints["semi"]), "--data-dir", str(tiny_mnist_dir), "--json", str(out),
-                          "--no-parzen"]) == 0
+    assert (
+        evaluate.main(
+            ["--ckpt", str(checkpoints["semi"]), "--data-dir", str(tiny_mnist_dir), "--json", str(out), "--no-parzen"]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     assert results["test/error"] == pytest.approx(1 - results["test/acc"])
     assert "test/parzen_ll" not in results and "test/cluster_error" not in results
@@ -67,13 +95,33 @@ def test_evaluate_reports_test_accuracy_of_a_classifier(checkpoints: dict[str, P
 def test_a_gaussian_posterior_aae_trains_and_is_scored_by_its_parzen_estimate(
     tiny_mnist_dir: Path, tmp_path: Path
 ) -> None:
-    assert train.main(["--variant", "aae", "--latent-dim", "8", "--posterior", "gaussian", "--data-dir",
-                       str(tiny_mnist_dir), "--output-dir", str(tmp_path), "--run-name", "gauss", *TINY_FLAGS]) == 0
+    assert (
+        train.main(
+            [
+                "--variant",
+                "aae",
+                "--latent-dim",
+                "8",
+                "--posterior",
+                "gaussian",
+                "--data-dir",
+                str(tiny_mnist_dir),
+                "--output-dir",
+                str(tmp_path),
+                "--run-name",
+                "gauss",
+                *TINY_FLAGS,
+            ]
+        )
+        == 0
+    )
     checkpoint = tmp_path / "gauss" / "checkpoints" / "last.ckpt"
     assert "encoder.heads.z_logvar.weight" in torch.load(checkpoint, weights_only=False)["state_dict"]
     out = tmp_path / "eval.json"
-    assert evaluate.main(["--ckpt", str(checkpoint), "--data-dir", str(tiny_mnist_dir), "--json", str(out),
-                          *PARZEN_FLAGS]) == 0
+    assert (
+        evaluate.main(["--ckpt", str(checkpoint), "--data-dir", str(tiny_mnist_dir), "--json", str(out), *PARZEN_FLAGS])
+        == 0
+    )
     results = json.loads(out.read_text())
     assert results["variant"] == "aae" and torch.isfinite(torch.tensor(results["test/parzen_ll"]))
 
@@ -95,8 +143,9 @@ def test_refuses_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.
     assert "not a readable checkpoint" in refused(["--ckpt", str(garbage)], capsys)
 
 
-def test_refuses_a_truncated_checkpoint(checkpoints: dict[str, Path], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_a_truncated_checkpoint(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(checkpoints["semi"].read_bytes()[:5000])
     assert "not a readable checkpoint" in refused(["--ckpt", str(truncated)], capsys)
@@ -111,8 +160,9 @@ def test_refuses_a_truncated_checkpoint(checkpoints: dict[str, Path], tmp_path: 
     ],
     ids=["unknown-variant", "missing-field", "wrong-shapes"],
 )
-def test_refuses_a_checkpoint_it_cannot_evaluate(edit, message: str, checkpoints: dict[str, Path], tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_a_checkpoint_it_cannot_evaluate(
+    edit, message: str, checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     checkpoint = torch.load(checkpoints["semi"], map_location="cpu", weights_only=False)
     edit(checkpoint)
     path = tmp_path / "edited.ckpt"
@@ -120,8 +170,9 @@ def test_refuses_a_checkpoint_it_cannot_evaluate(edit, message: str, checkpoints
     assert message in refused(["--ckpt", str(path)], capsys)
 
 
-def test_refuses_data_that_does_not_give_the_checkpoints_split(checkpoints: dict[str, Path], tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_data_that_does_not_give_the_checkpoints_split(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.conftest import make_fake_mnist
 
     other = make_fake_mnist(tmp_path / "other", seed=1)  # other labels: the balanced labeled draw differs

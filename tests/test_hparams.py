@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_cli import REPO_ROOT, TINY, assert_one_line_error, start, train_py
 
 import train
 from aae_lightning import VARIANTS, AutoencoderBase, get_variant
 from aae_lightning.base import AutoencoderHparams
 from aae_lightning.errors import HparamError
 from aae_lightning.hparams import Accepts, declarations, flag, shown
-from test_cli import REPO_ROOT, TINY, assert_one_line_error, start, train_py
 
 #: small networks, so that building a model for an accepted value costs milliseconds
 SMALL = {"hidden_sizes": (8,), "disc_hidden_sizes": (8,)}
@@ -39,7 +40,11 @@ def small(variant: str, **hparams: Any) -> AutoencoderBase:
 
 def declared(variant: str) -> dict[str, Accepts]:
     """The declarations of a variant's fields; a field without one is left to the test that looks for them."""
-    return {item.name: item.metadata["accepts"] for item in fields(get_variant(variant).Hparams) if "accepts" in item.metadata}
+    return {
+        item.name: item.metadata["accepts"]
+        for item in fields(get_variant(variant).Hparams)
+        if "accepts" in item.metadata
+    }
 
 
 def generated(values: Callable[[Accepts], list[Any]]) -> list[Any]:
@@ -54,7 +59,9 @@ def generated(values: Callable[[Accepts], list[Any]]) -> list[Any]:
 
 OUTSIDE = generated(lambda accepts: accepts.outside())
 EDGES = generated(lambda accepts: accepts.edges())
-FIELDS = [pytest.param(variant, name, id=f"{variant}-{name}") for variant in sorted(VARIANTS) for name in declared(variant)]
+FIELDS = [
+    pytest.param(variant, name, id=f"{variant}-{name}") for variant in sorted(VARIANTS) for name in declared(variant)
+]
 
 
 def cli(name: str, value: Any) -> list[str]:
@@ -72,7 +79,17 @@ def no_data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Flags pointing train.py at a folder without MNIST: a value that got past the check would end there, in a
     one-line error that names no hyperparameter, instead of training."""
     empty = tmp_path_factory.mktemp("no_mnist")
-    return ["--data-dir", str(empty), "--no-download", "--gpus", "0", "--logger", "none", "--output-dir", str(empty / "runs")]
+    return [
+        "--data-dir",
+        str(empty),
+        "--no-download",
+        "--gpus",
+        "0",
+        "--logger",
+        "none",
+        "--output-dir",
+        str(empty / "runs"),
+    ]
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -87,7 +104,9 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 # ----- the declarations ---------------------------------------------------------------------------------------------
 def test_every_hyperparameter_declares_what_it_accepts() -> None:
     for variant, cls in sorted(VARIANTS.items()):
-        undeclared = [item.name for item in fields(cls.Hparams) if not isinstance(item.metadata.get("accepts"), Accepts)]
+        undeclared = [
+            item.name for item in fields(cls.Hparams) if not isinstance(item.metadata.get("accepts"), Accepts)
+        ]
         assert not undeclared, f"{variant}: give {', '.join(undeclared)} a declaration: hparam(..., accepts=...)"
         assert set(declarations(cls.Hparams)) == {item.name for item in fields(cls.Hparams)}
 
@@ -134,7 +153,9 @@ def test_a_flag_just_outside_the_declaration_is_one_line_and_exit_code_2(
     variant: str, name: str, value: Any, no_data: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, stderr = run_main(["--variant", variant, *cli(name, value), *no_data], capsys)
-    assert_one_line_error(code, stderr, [f"{flag(name)} {shown(value)} is not allowed", declared(variant)[name].describe()])
+    assert_one_line_error(
+        code, stderr, [f"{flag(name)} {shown(value)} is not allowed", declared(variant)[name].describe()]
+    )
 
 
 @pytest.mark.parametrize(("variant", "name", "value"), EDGES)
@@ -157,8 +178,14 @@ def test_milestones_beyond_the_last_epoch_are_allowed() -> None:
 def test_a_checkpoint_with_a_value_outside_its_declaration_is_refused_when_loaded(tmp_path: Path) -> None:
     model = small("semi")
     path = tmp_path / "edited.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": {**model.hparams, "dropout": 1.5},
-                "pytorch-lightning_version": pl.__version__}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": {**model.hparams, "dropout": 1.5},
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
     with pytest.raises(HparamError, match=r"^--dropout 1\.5 is not allowed"):
         get_variant("semi").load_from_checkpoint(path, map_location="cpu", weights_only=False)
 
@@ -167,27 +194,37 @@ def test_a_checkpoint_with_a_value_outside_its_declaration_is_refused_when_loade
 LIGHTNING_CASES = {
     "unknown_accelerator": (["--accelerator", "bogus"], ["--accelerator bogus is refused by Lightning", "cpu"]),
     "unknown_strategy": (["--accelerator", "cpu", "--strategy", "bogus"], ["--strategy bogus is refused by Lightning"]),
-    "unknown_precision": (["--accelerator", "cpu", "--precision", "bogus"],
-                          ["--precision bogus is refused by Lightning", "bf16-mixed"]),
-    "strategy_for_another_accelerator": (["--accelerator", "cpu", "--strategy", "fsdp"],
-                                         ["--strategy fsdp is refused by Lightning", "GPU"]),
+    "unknown_precision": (
+        ["--accelerator", "cpu", "--precision", "bogus"],
+        ["--precision bogus is refused by Lightning", "bf16-mixed"],
+    ),
+    "strategy_for_another_accelerator": (
+        ["--accelerator", "cpu", "--strategy", "fsdp"],
+        ["--strategy fsdp is refused by Lightning", "GPU"],
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(LIGHTNING_CASES))
-def test_what_lightning_refuses_is_one_line_naming_the_flag(name: str, no_data: list[str],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_what_lightning_refuses_is_one_line_naming_the_flag(
+    name: str, no_data: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     argv, fragments = LIGHTNING_CASES[name]
     code, stderr = run_main(["--variant", "ae", *no_data, *argv], capsys)
     assert_one_line_error(code, stderr, fragments)
 
 
-@pytest.mark.parametrize("settings", [
-    {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true"},
-    {"accelerator": "cpu", "devices": 2, "num_nodes": 2, "strategy": "ddp", "precision": "bf16-mixed"},
-], ids=["single", "ddp"])
-def test_lightning_flags_it_accepts_pass_without_a_word(settings: dict[str, Any],
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true"},
+        {"accelerator": "cpu", "devices": 2, "num_nodes": 2, "strategy": "ddp", "precision": "bf16-mixed"},
+    ],
+    ids=["single", "ddp"],
+)
+def test_lightning_flags_it_accepts_pass_without_a_word(
+    settings: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     train.check_lightning_flags(settings)
     assert capsys.readouterr().err == ""
 
@@ -221,13 +258,30 @@ def examples(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """Every example through `train.main` in one child process (`test_cli.run_cases`), and a few through the script,
     all started at once, on data a run could train on: only the check stands between each of them and training."""
     work = tmp_path_factory.mktemp("hparam_examples")
-    common = ["--data-dir", str(tiny_mnist_dir), *TINY, "--max-epochs", "1", "--gpus", "0", "--logger", "none",
-              "--output-dir", str(work / "runs")]
+    common = [
+        "--data-dir",
+        str(tiny_mnist_dir),
+        *TINY,
+        "--max-epochs",
+        "1",
+        "--gpus",
+        "0",
+        "--logger",
+        "none",
+        "--output-dir",
+        str(work / "runs"),
+    ]
     argv = {name: ["--variant", variant, *flags, *common] for name, (variant, flags, _) in ISSUE_EXAMPLES.items()}
     (work / "cases.json").write_text(json.dumps(argv))
     processes = {
-        "cases": start([sys.executable, "-c", f"import test_cli; test_cli.run_cases({str(work / 'cases.json')!r}, "
-                                              f"{str(work / 'results.json')!r})"], cwd=work),
+        "cases": start(
+            [
+                sys.executable,
+                "-c",
+                f"import test_cli; test_cli.run_cases({str(work / 'cases.json')!r}, {str(work / 'results.json')!r})",
+            ],
+            cwd=work,
+        ),
         **{name: start(train_py(*argv[name]), cwd=REPO_ROOT) for name in THROUGH_THE_SCRIPT},
     }
     try:

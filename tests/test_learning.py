@@ -14,17 +14,19 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from trainers import make_trainer
 
 from aae_lightning import get_variant
 from aae_lightning.base import AutoencoderBase
 from datamodules.mnist import MNISTDataModule
-from trainers import make_trainer
 
 #: batches per comparison run of `ae` and `aae` (an epoch is 500)
 CODE_BATCHES = 300
 
 
-def fit(variant: str, mnist_dir: Path, batches: int | None = None, num_labels: int | None = 1000, **hparams: Any) -> tuple[AutoencoderBase, pl.Trainer, MNISTDataModule]:
+def fit(
+    variant: str, mnist_dir: Path, batches: int | None = None, num_labels: int | None = 1000, **hparams: Any
+) -> tuple[AutoencoderBase, pl.Trainer, MNISTDataModule]:
     """Train `variant` from seed 0 for one epoch, or its first `batches` batches, without validation."""
     pl.seed_everything(0, verbose=False)
     cls = get_variant(variant)
@@ -68,10 +70,15 @@ def test_aae_codes_match_the_gaussian_prior_far_better_than_ae_codes(mnist_dir: 
     prior = aae.latent_prior
     samples = prior.sample(2000, generator=torch.Generator().manual_seed(1))
     moment = samples.pow(2).sum(dim=1).mean().item()
-    distances = {name: energy_distance(to_prior_scale(model.encode(images), moment), samples).item() for name, model in (("aae", aae), ("ae", ae))}
+    distances = {
+        name: energy_distance(to_prior_scale(model.encode(images), moment), samples).item()
+        for name, model in (("aae", aae), ("ae", ae))
+    }
     # the yardstick: how far apart two independent prior samples of this size are
     noise = energy_distance(prior.sample(2000, generator=torch.Generator().manual_seed(2)), samples).item()
-    print(f"energy distance to N(0, {prior.std}^2) after {CODE_BATCHES} batches: {distances}, prior vs prior {noise:.4f}")
+    print(
+        f"energy distance to N(0, {prior.std}^2) after {CODE_BATCHES} batches: {distances}, prior vs prior {noise:.4f}"
+    )
     assert distances["aae"] <= 0.5 * distances["ae"]
     # and as they are, without any rescaling, the aae's codes sit where the prior is
     assert energy_distance(aae.encode(images), samples).item() <= 0.5 * distances["ae"]
@@ -84,7 +91,10 @@ def test_ae_reconstruction_loss_falls_well_below_its_initial_value(mnist_dir: Pa
     evaluator = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     (initial,) = evaluator.validate(untrained, datamodule, verbose=False)
     (final,) = evaluator.validate(model, datamodule, verbose=False)
-    print(f"ae validation BCE: {initial['val/recon_loss']:.4f} at initialization, {final['val/recon_loss']:.4f} after {CODE_BATCHES} batches")
+    print(
+        f"ae validation BCE: {initial['val/recon_loss']:.4f} at initialization, "
+        f"{final['val/recon_loss']:.4f} after {CODE_BATCHES} batches"
+    )
     assert final["val/recon_loss"] < 0.5 * initial["val/recon_loss"]
 
 

@@ -27,8 +27,14 @@ from aae_lightning.checkpoint_io import load_trained
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("01_latent_space", "02_style_and_content", "03_semi_supervised", "04_generation_and_anomalies")
-RUNS = [("01_latent_space", "aae"), ("01_latent_space", "semi"), ("02_style_and_content", "semi"),
-        ("03_semi_supervised", "semi"), ("04_generation_and_anomalies", "aae"), ("04_generation_and_anomalies", "semi")]
+RUNS = [
+    ("01_latent_space", "aae"),
+    ("01_latent_space", "semi"),
+    ("02_style_and_content", "semi"),
+    ("03_semi_supervised", "semi"),
+    ("04_generation_and_anomalies", "aae"),
+    ("04_generation_and_anomalies", "semi"),
+]
 PARAMETERS = re.compile(r'CKPT_PATH = "[^"\n]*"\nDATA_DIR = [^\n]*')
 INTERPRETER_CELL = "import sys\nprint(sys.executable)"
 KERNELS_AT_ONCE = 3
@@ -53,9 +59,28 @@ def with_parameters(name: str, checkpoint: Path, data_dir: Path) -> nbformat.Not
 def checkpoints(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One epoch of each variant through `train.main`, in this process."""
     output = tmp_path_factory.mktemp("notebook_runs")
-    common = ["--data-dir", str(tiny_mnist_dir), "--val-size", "100", "--batch-size", "50", "--hidden-sizes", "32",
-              "--disc-hidden-sizes", "16", "--gpus", "0", "--logger", "none", "--image-every-n-epochs", "0",
-              "--max-epochs", "1", "--output-dir", str(output)]
+    common = [
+        "--data-dir",
+        str(tiny_mnist_dir),
+        "--val-size",
+        "100",
+        "--batch-size",
+        "50",
+        "--hidden-sizes",
+        "32",
+        "--disc-hidden-sizes",
+        "16",
+        "--gpus",
+        "0",
+        "--logger",
+        "none",
+        "--image-every-n-epochs",
+        "0",
+        "--max-epochs",
+        "1",
+        "--output-dir",
+        str(output),
+    ]
     for variant in ("aae", "semi"):
         assert train.main(["--variant", variant, "--labels", "100", "--run-name", variant, *common]) == 0
     return {variant: output / variant / "checkpoints" / "last.ckpt" for variant in ("aae", "semi")}
@@ -85,24 +110,36 @@ async def execute_all(clients: list[NotebookClient]) -> list[BaseException | Non
 
 
 @pytest.fixture(scope="module")
-def executed(checkpoints: dict[str, Path], moved_data: Path) -> dict[tuple[str, str], tuple[nbformat.NotebookNode, BaseException | None]]:
+def executed(
+    checkpoints: dict[str, Path], moved_data: Path
+) -> dict[tuple[str, str], tuple[nbformat.NotebookNode, BaseException | None]]:
     notebooks = {run: with_parameters(run[0], checkpoints[run[1]], moved_data) for run in RUNS}
-    clients = [NotebookClient(notebook, kernel_name="python3", timeout=300,
-                              resources={"metadata": {"path": str(NOTEBOOK_DIR)}}) for notebook in notebooks.values()]
+    clients = [
+        NotebookClient(
+            notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+        )
+        for notebook in notebooks.values()
+    ]
     with pytest.MonkeyPatch.context() as patch:
         # one thread per kernel: several share two cores, where torch's default thread pool spins
         patch.setenv("OMP_NUM_THREADS", "1")
         errors = asyncio.run(execute_all(clients))
-    return {run: (notebook, error) for (run, notebook), error in zip(notebooks.items(), errors)}
+    return {run: (notebook, error) for (run, notebook), error in zip(notebooks.items(), errors, strict=True)}
 
 
 def text_output(notebook: nbformat.NotebookNode) -> str:
-    return "".join(output.get("text", "") for cell in code_cells(notebook) for output in cell.get("outputs", [])
-                   if output.output_type == "stream")
+    return "".join(
+        output.get("text", "")
+        for cell in code_cells(notebook)
+        for output in cell.get("outputs", [])
+        if output.output_type == "stream"
+    )
 
 
 def image_count(notebook: nbformat.NotebookNode) -> int:
-    return sum("image/png" in output.get("data", {}) for cell in code_cells(notebook) for output in cell.get("outputs", []))
+    return sum(
+        "image/png" in output.get("data", {}) for cell in code_cells(notebook) for output in cell.get("outputs", [])
+    )
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[f"{name}-{variant}" for name, variant in RUNS])
@@ -114,13 +151,17 @@ def test_notebook_runs_to_the_end(executed: dict, run: tuple[str, str]) -> None:
     assert Path(printed).resolve() == Path(sys.executable).resolve()
 
 
-@pytest.mark.parametrize("run, images, says", [
-    (("01_latent_space", "aae"), 3, "2-d z, prior GaussianPrior"),
-    (("01_latent_space", "semi"), 3, "10-d z, prior GaussianPrior"),
-    (("02_style_and_content", "semi"), 2, "digit read back from the style z"),
-    (("04_generation_and_anomalies", "aae"), 5, "non-digits among the 300 highest scores"),
-    (("04_generation_and_anomalies", "semi"), 5, "discriminators on y, z"),
-], ids=lambda value: "-".join(value) if isinstance(value, tuple) else None)
+@pytest.mark.parametrize(
+    "run, images, says",
+    [
+        (("01_latent_space", "aae"), 3, "2-d z, prior GaussianPrior"),
+        (("01_latent_space", "semi"), 3, "10-d z, prior GaussianPrior"),
+        (("02_style_and_content", "semi"), 2, "digit read back from the style z"),
+        (("04_generation_and_anomalies", "aae"), 5, "non-digits among the 300 highest scores"),
+        (("04_generation_and_anomalies", "semi"), 5, "discriminators on y, z"),
+    ],
+    ids=lambda value: "-".join(value) if isinstance(value, tuple) else None,
+)
 def test_notebook_draws_its_figures(executed: dict, run: tuple[str, str], images: int, says: str) -> None:
     notebook, _ = executed[run]
     assert image_count(notebook) == images
@@ -130,15 +171,18 @@ def test_notebook_draws_its_figures(executed: dict, run: tuple[str, str], images
 @pytest.mark.parametrize("variant", ["aae", "semi"])
 def test_anomaly_notebook_reports_an_auroc_per_set_and_score(executed: dict, variant: str) -> None:
     notebook, _ = executed["04_generation_and_anomalies", variant]
-    rows = {match[0]: [float(value) for value in match[1].split()]
-            for match in re.findall(r"^(noise|letters|shapes) +([\d. ]+)$", text_output(notebook), re.MULTILINE)}
+    rows = {
+        match[0]: [float(value) for value in match[1].split()]
+        for match in re.findall(r"^(noise|letters|shapes) +([\d. ]+)$", text_output(notebook), re.MULTILINE)
+    }
     assert sorted(rows) == ["letters", "noise", "shapes"]
     for values in rows.values():
         assert len(values) == 3 and all(0 <= value <= 1 for value in values)  # reconstruction, discriminator, combined
 
 
-def test_semi_supervised_notebook_reports_the_models_accuracy(executed: dict, checkpoints: dict[str, Path],
-                                                              moved_data: Path) -> None:
+def test_semi_supervised_notebook_reports_the_models_accuracy(
+    executed: dict, checkpoints: dict[str, Path], moved_data: Path
+) -> None:
     notebook, _ = executed["03_semi_supervised", "semi"]
     model, datamodule = load_trained(checkpoints["semi"], moved_data)
     images, labels = datamodule.test_data()

@@ -25,7 +25,7 @@ def tiny(variant: str, **hparams):
 
 def phase_momenta(model) -> dict[str, float]:
     momenta = {}
-    for phase, optimizer in zip(model.phases, model.configure_optimizers()):
+    for phase, optimizer in zip(model.phases, model.configure_optimizers(), strict=True):
         group = optimizer.param_groups[0]
         momenta[phase] = group["betas"][0] if "betas" in group else group["momentum"]
     return momenta
@@ -67,24 +67,32 @@ def test_an_unknown_reconstruction_loss_is_a_user_error(variant: str) -> None:
         tiny(variant, reconstruction_loss="l1")
 
 
-@pytest.mark.parametrize("preset", [f"{schedule}-semi-{labels}" for schedule in ("paper", "fast")
-                                    for labels in ("100", "1000", "all")])
+@pytest.mark.parametrize(
+    "preset", [f"{schedule}-semi-{labels}" for schedule in ("paper", "fast") for labels in ("100", "1000", "all")]
+)
 def test_semi_presets_build_the_papers_model(preset: str) -> None:
     args = train.parse_args(["--preset", preset])
     model = get_variant(args.variant)(**train.model_hparams(args))
     assert args.variant == "semi" and args.labels == train.label_count(preset.rsplit("-", 1)[1])
     defaults = get_variant("semi").Hparams()
     # one recipe: a preset differs from semi's defaults at most in its schedule
-    assert {name for name in dataclasses.asdict(defaults)
-            if getattr(model.config, name) != getattr(defaults, name)} <= {"lr_milestones"}
+    assert {
+        name for name in dataclasses.asdict(defaults) if getattr(model.config, name) != getattr(defaults, name)
+    } <= {"lr_milestones"}
     assert model.config.init_std == 0.01
     assert phase_momenta(model) == {
-        "reconstruction": 0.9, "regularization": 0.1, "generator": 0.1, "classification": 0.9,
+        "reconstruction": 0.9,
+        "regularization": 0.1,
+        "generator": 0.1,
+        "classification": 0.9,
     }
     assert model.config.input_noise == 0.3 and model.config.reconstruction_loss == "half_sse"
     assert model.config.latent_dim == 10 and model.priors["z"].std == 1.0
     assert [group["lr"] for optimizer in model.configure_optimizers() for group in optimizer.param_groups] == [
-        0.01, 0.1, 0.1, 0.1,
+        0.01,
+        0.1,
+        0.1,
+        0.1,
     ]
 
 
@@ -130,7 +138,7 @@ def test_disc_input_noise_reaches_both_adversarial_phases(noise: float) -> None:
     codes = model.adversarial_codes(batch)["z"].detach()
     model.regularization_phase(batch)
     model.generator_phase(batch)
-    judged_fakes, generated = seen[0][len(codes):], seen[1]  # regularization: reals then fakes, in one pass
+    judged_fakes, generated = seen[0][len(codes) :], seen[1]  # regularization: reals then fakes, in one pass
     for judged in (judged_fakes, generated):
         spread = (judged - codes).std().item()
         assert spread == pytest.approx(noise, rel=0.5) if noise else spread == 0
@@ -258,8 +266,10 @@ def test_every_cpu_budget_preset_names_the_paper_preset_it_departs_from(preset: 
     assert "variant" not in own  # the experiment is the paper's; only the budget differs
 
 
-@pytest.mark.parametrize("preset", [name for name in train.preset_names()
-                                    if name.startswith("fast-") and "lr_milestones" in own_settings(name)])
+@pytest.mark.parametrize(
+    "preset",
+    [name for name in train.preset_names() if name.startswith("fast-") and "lr_milestones" in own_settings(name)],
+)
 def test_a_cpu_budget_schedule_drops_its_rates_before_it_ends(preset: str) -> None:
     """A budget preset that sets its own milestones compresses the paper's schedule: a milestone at or past its
     last epoch would leave a drop that never happens (the paper's 50 and 1000 inherited into 60 epochs, say)."""

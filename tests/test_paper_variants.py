@@ -27,12 +27,22 @@ NEW_VARIANTS = ("clustering", "dimreduction", "label_regularized")
 
 def fit_a_few_batches(model: AutoencoderBase, data_dir: Path, batches: int = 3) -> pl.Trainer:
     datamodule = MNISTDataModule(
-        data_dir=str(data_dir), num_labels=100, val_size=100, batch_size=50, download=False,
+        data_dir=str(data_dir),
+        num_labels=100,
+        val_size=100,
+        batch_size=50,
+        download=False,
         train_streams=model.train_streams,
     )
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=batches, limit_val_batches=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=datamodule)
     return trainer
@@ -40,12 +50,16 @@ def fit_a_few_batches(model: AutoencoderBase, data_dir: Path, batches: int = 3) 
 
 @pytest.mark.parametrize(
     ("variant", "options"),
-    [*((variant, {}) for variant in NEW_VARIANTS),
-     # the paper's semi-supervised training scheme, which the dimensionality-reduction preset uses
-     ("dimreduction", {"reconstruction_loss": "half_sse", "optimizer": "sgd", "adversarial_momentum": 0.1})],
+    [
+        *((variant, {}) for variant in NEW_VARIANTS),
+        # the paper's semi-supervised training scheme, which the dimensionality-reduction preset uses
+        ("dimreduction", {"reconstruction_loss": "half_sse", "optimizer": "sgd", "adversarial_momentum": 0.1}),
+    ],
     ids=[*NEW_VARIANTS, "dimreduction-paper-sgd"],
 )
-def test_variant_trains_and_every_phase_moves_its_own_networks(variant: str, options: dict, tiny_mnist_dir: Path) -> None:
+def test_variant_trains_and_every_phase_moves_its_own_networks(
+    variant: str, options: dict, tiny_mnist_dir: Path
+) -> None:
     torch.manual_seed(0)
     model = get_variant(variant)(**TINY, **options)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -233,7 +247,7 @@ def test_parzen_matches_a_direct_mixture_density() -> None:
     generator = torch.Generator().manual_seed(0)
     samples, points = torch.rand(30, 6, generator=generator), torch.rand(7, 6, generator=generator)
     sigmas = torch.tensor([0.2, 0.5], dtype=torch.float64)
-    for sigma, log_p in zip(sigmas, parzen_log_densities(points, samples, sigmas, batch_size=3)):
+    for sigma, log_p in zip(sigmas, parzen_log_densities(points, samples, sigmas, batch_size=3), strict=True):
         kernel = torch.distributions.Normal(samples.double(), sigma)
         direct = kernel.log_prob(points.double().unsqueeze(1)).sum(dim=2).logsumexp(dim=1) - math.log(30)
         torch.testing.assert_close(log_p, direct)

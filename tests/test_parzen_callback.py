@@ -17,32 +17,72 @@ from typing import Any
 import pytest
 import torch
 from pytorch_lightning.loggers import CSVLogger
+from test_cli import assert_one_line_error
+from trainers import make_trainer
 
 import train
 from aae_lightning import get_variant
 from aae_lightning.evaluation import default_sigma_grid
 from callbacks.parzen import ParzenLikelihood
 from datamodules import MNISTDataModule
-from test_cli import assert_one_line_error
-from trainers import make_trainer
 
 EPOCHS, EVERY = 4, 2
 VAL_SIZE = 100
 #: the callback's sizes, and the same as train.py flags
 SMALL = {"samples": 200, "sigma_images": 30, "scored_images": 50}
-PARZEN = ["--parzen-every-n-epochs", str(EVERY), "--parzen-samples", "200", "--parzen-val-size", "30",
-          "--parzen-score-size", "50"]
+PARZEN = [
+    "--parzen-every-n-epochs",
+    str(EVERY),
+    "--parzen-samples",
+    "200",
+    "--parzen-val-size",
+    "30",
+    "--parzen-score-size",
+    "50",
+]
 GRID = [pytest.approx(float(sigma)) for sigma in default_sigma_grid()]
 
 
 def run_argv(data_dir: Path, output_dir: Path, run_name: str, *extra: str, variant: str = "aae") -> list[str]:
     """An `EPOCHS`-epoch run on the tiny data with small networks, dropout and input noise, logging to CSV."""
     adversarial = [] if variant == "ae" else ["--disc-hidden-sizes", "16"]
-    return ["--variant", variant, "--data-dir", str(data_dir), "--no-download", "--val-size", str(VAL_SIZE),
-            "--batch-size", "50", "--hidden-sizes", "32", *adversarial, "--latent-dim", "4", "--dropout", "0.1",
-            "--input-noise", "0.1", "--max-epochs", str(EPOCHS), "--seed", "2", "--gpus", "0",
-            "--image-every-n-epochs", "0", "--progress", "none", "--logger", "csv", "--output-dir", str(output_dir),
-            "--run-name", run_name, *extra]
+    return [
+        "--variant",
+        variant,
+        "--data-dir",
+        str(data_dir),
+        "--no-download",
+        "--val-size",
+        str(VAL_SIZE),
+        "--batch-size",
+        "50",
+        "--hidden-sizes",
+        "32",
+        *adversarial,
+        "--latent-dim",
+        "4",
+        "--dropout",
+        "0.1",
+        "--input-noise",
+        "0.1",
+        "--max-epochs",
+        str(EPOCHS),
+        "--seed",
+        "2",
+        "--gpus",
+        "0",
+        "--image-every-n-epochs",
+        "0",
+        "--progress",
+        "none",
+        "--logger",
+        "csv",
+        "--output-dir",
+        str(output_dir),
+        "--run-name",
+        run_name,
+        *extra,
+    ]
 
 
 def logged(metrics_csv: Path, name: str) -> dict[int, float]:
@@ -55,8 +95,10 @@ def logged(metrics_csv: Path, name: str) -> dict[int, float]:
 def runs(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The same run through train.py with the estimate every `EVERY` epochs (and --test) and without it."""
     output = tmp_path_factory.mktemp("parzen")
-    results = {name: train.train(train.parse_args(run_argv(tiny_mnist_dir, output, name, *extra)))
-               for name, extra in (("parzen", [*PARZEN, "--test"]), ("plain", []))}
+    results = {
+        name: train.train(train.parse_args(run_argv(tiny_mnist_dir, output, name, *extra)))
+        for name, extra in (("parzen", [*PARZEN, "--test"]), ("plain", []))
+    }
     return {"output": output, **results}
 
 
@@ -83,8 +125,10 @@ def test_the_best_checkpoint_is_the_epoch_with_the_highest_validation_likelihood
 
 
 def test_training_ends_with_the_same_weights_with_or_without_the_estimate(runs: dict[str, Any]) -> None:
-    scored, plain = (torch.load(runs["output"] / name / "checkpoints" / "last.ckpt", map_location="cpu",
-                                weights_only=False) for name in ("parzen", "plain"))
+    scored, plain = (
+        torch.load(runs["output"] / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        for name in ("parzen", "plain")
+    )
     assert scored["state_dict"].keys() == plain["state_dict"].keys()
     for key, value in scored["state_dict"].items():
         assert torch.equal(value, plain["state_dict"][key]), key
@@ -95,15 +139,27 @@ def test_training_ends_with_the_same_weights_with_or_without_the_estimate(runs: 
 
 
 @pytest.mark.parametrize("variant", ["aae", "semi"])  # semi: a decoder conditioned on a class as well
-def test_logged_every_n_epochs_and_after_the_last(variant: str, device: str, tiny_mnist_dir: Path,
-                                                  tmp_path: Path) -> None:
+def test_logged_every_n_epochs_and_after_the_last(
+    variant: str, device: str, tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
     cls = get_variant(variant)
     model = cls(hidden_sizes=(16,), disc_hidden_sizes=(8,), dropout=0.1)
-    datamodule = MNISTDataModule(str(tiny_mnist_dir), num_labels=100 if "labeled" in cls.train_streams else None,
-                                 val_size=VAL_SIZE, batch_size=50, download=False, train_streams=cls.train_streams)
-    trainer = make_trainer(2, epochs=3, callbacks=[ParzenLikelihood(EVERY, **SMALL)],
-                           accelerator="gpu" if device == "cuda" else "cpu", limit_val_batches=None,
-                           logger=CSVLogger(tmp_path, name="", version=""))
+    datamodule = MNISTDataModule(
+        str(tiny_mnist_dir),
+        num_labels=100 if "labeled" in cls.train_streams else None,
+        val_size=VAL_SIZE,
+        batch_size=50,
+        download=False,
+        train_streams=cls.train_streams,
+    )
+    trainer = make_trainer(
+        2,
+        epochs=3,
+        callbacks=[ParzenLikelihood(EVERY, **SMALL)],
+        accelerator="gpu" if device == "cuda" else "cpu",
+        limit_val_batches=None,
+        logger=CSVLogger(tmp_path, name="", version=""),
+    )
     trainer.fit(model, datamodule=datamodule)
     scores = logged(tmp_path / "metrics.csv", ParzenLikelihood.metric)
     assert set(scores) == {1, 2}  # the second epoch, and the third because it is the last
@@ -116,14 +172,18 @@ def test_logged_every_n_epochs_and_after_the_last(variant: str, device: str, tin
 REFUSED = {
     "variant_without_prior": ("ae", [], ["--parzen-every-n-epochs", "--variant ae", "latent_prior"]),
     "epochs_not_a_multiple": ("aae", ["--max-epochs", "3"], ["--max-epochs 3", f"--parzen-every-n-epochs {EVERY}"]),
-    "too_few_validation_images": ("aae", ["--parzen-val-size", "60"],
-                                  ["--parzen-val-size 60", f"--val-size {VAL_SIZE}"]),
+    "too_few_validation_images": (
+        "aae",
+        ["--parzen-val-size", "60"],
+        ["--parzen-val-size 60", f"--val-size {VAL_SIZE}"],
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
-def test_refused_in_one_line_before_training(name: str, tiny_mnist_dir: Path, tmp_path: Path,
-                                             capfd: pytest.CaptureFixture[str]) -> None:
+def test_refused_in_one_line_before_training(
+    name: str, tiny_mnist_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     variant, extra, fragments = REFUSED[name]
     code = train.main([*run_argv(tiny_mnist_dir, tmp_path, name, variant=variant), *PARZEN, *extra])
     out, err = capfd.readouterr()

@@ -19,11 +19,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor
+from trainers import make_trainer
 
 from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
 from aae_lightning.base import AutoencoderBase
 from datamodules.mnist import MNISTDataModule
-from trainers import make_trainer
 
 SMALL = {"hidden_sizes": (32, 24), "disc_hidden_sizes": (16,), "dropout": 0.2, "input_noise": 0.1}
 PAPER_VARIANTS = ("ae", "aae", "supervised", "semi")
@@ -79,7 +79,7 @@ class PhaseRecorder(pl.Callback):
         self.handles: list[Any] = []
 
     def on_train_start(self, trainer: pl.Trainer, model: AutoencoderBase) -> None:
-        for phase, optimizer in zip(model.phases, trainer.optimizers):
+        for phase, optimizer in zip(model.phases, trainer.optimizers, strict=True):
             self.handles.append(optimizer.register_step_pre_hook(partial(self._before_step, phase, model)))
             self.handles.append(optimizer.register_step_post_hook(partial(self._after_step, model)))
         for name, parameter in model.named_parameters():
@@ -189,7 +189,10 @@ EXPECTED_MODES = {  # the rule in `_set_train_modes`: a network trains where it 
 
 def test_train_and_eval_modes_follow_the_phase(run: Run) -> None:
     for step in run.recorder.steps:
-        if step.phase in EXPECTED_MODES and run.model.phase_modules[step.phase] == AutoencoderBase.phase_modules[step.phase]:
+        if (
+            step.phase in EXPECTED_MODES
+            and run.model.phase_modules[step.phase] == AutoencoderBase.phase_modules[step.phase]
+        ):
             assert step.modes == EXPECTED_MODES[step.phase], step.phase
 
 
@@ -240,7 +243,9 @@ def test_a_nan_in_a_later_phase_leaves_that_phase_untouched(device: str, tiny_mn
         make_trainer(4, callbacks=[injector], accelerator=device).fit(model, tiny_datamodule(tiny_mnist_dir, model))
     # reconstruction ran before the NaN phase; the discriminator, whose loss was NaN, never stepped
     assert_unchanged(injector.at_injection, model, prefix="discriminators.")
-    assert changed(injector.at_injection, snapshot(model)) & {n for n, _ in model.decoder.named_parameters(prefix="decoder")}
+    assert changed(injector.at_injection, snapshot(model)) & {
+        n for n, _ in model.decoder.named_parameters(prefix="decoder")
+    }
 
 
 class RecordLearningRates(pl.Callback):
@@ -255,8 +260,13 @@ class RecordLearningRates(pl.Callback):
 
 
 def test_learning_rate_milestones_follow_the_epoch_even_after_resuming(tiny_mnist_dir: Path, tmp_path: Path) -> None:
-    settings = {"lr_milestones": (2, 3), "lr_gamma": 0.5, "reconstruction_lr": 1e-3, "regularization_lr": 4e-4,
-                "generator_lr": 2e-4}
+    settings = {
+        "lr_milestones": (2, 3),
+        "lr_gamma": 0.5,
+        "reconstruction_lr": 1e-3,
+        "regularization_lr": 4e-4,
+        "generator_lr": 2e-4,
+    }
     base = [1e-3, 4e-4, 2e-4]
     factors = {0: 1, 1: 1, 2: 0.5, 3: 0.25}
     expected = {(epoch, index): lr * factor for epoch, factor in factors.items() for index, lr in enumerate(base)}

@@ -13,34 +13,54 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from trainers import gpus_flag, make_trainer
 
 import train
 from aae_lightning import get_variant
 from aae_lightning.checkpoint_io import ADDED_LATER, AtomicCheckpointIO, check_resumable, load_trained, temporary_path
 from aae_lightning.errors import UserError
 from datamodules.mnist import MNISTDataModule
-from trainers import gpus_flag, make_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5
 #: killed once the checkpoint of this epoch is on disk (the second epoch), well before the last one
 KILL_AFTER_EPOCH = 1
 RUN = [
-    "--variant", "semi", "--labels", "100", "--val-size", "100", "--batch-size", "20",
-    "--hidden-sizes", "64", "64", "--disc-hidden-sizes", "32", "--dropout", "0.1", "--input-noise", "0.1",
-    "--image-every-n-epochs", "1", "--max-epochs", str(EPOCHS), "--seed", "3",
+    "--variant",
+    "semi",
+    "--labels",
+    "100",
+    "--val-size",
+    "100",
+    "--batch-size",
+    "20",
+    "--hidden-sizes",
+    "64",
+    "64",
+    "--disc-hidden-sizes",
+    "32",
+    "--dropout",
+    "0.1",
+    "--input-noise",
+    "0.1",
+    "--image-every-n-epochs",
+    "1",
+    "--max-epochs",
+    str(EPOCHS),
+    "--seed",
+    "3",
 ]
 
 
@@ -56,12 +76,25 @@ def train_process(data_dir: Path, output_dir: Path, run_name: str, device: str, 
     # one thread each: on a shared two-core machine torch's default thread pool spins and runs several times slower
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("AAE_RUN_NAME", None)
-    argv = [sys.executable, str(REPO_ROOT / "train.py"), *RUN, *gpus_flag(device), "--data-dir", str(data_dir),
-            "--output-dir", str(output_dir), "--run-name", run_name,
-            "--results-json", str(output_dir / f"{run_name}.json"), *extra]
+    argv = [
+        sys.executable,
+        str(REPO_ROOT / "train.py"),
+        *RUN,
+        *gpus_flag(device),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(output_dir),
+        "--run-name",
+        run_name,
+        "--results-json",
+        str(output_dir / f"{run_name}.json"),
+        *extra,
+    ]
     with (output_dir / f"{run_name}-{time.monotonic_ns()}.log").open("w") as log:
-        return TrainProcess(subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
-                            Path(log.name))
+        return TrainProcess(
+            subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), Path(log.name)
+        )
 
 
 def kill_after_checkpoint(run: TrainProcess, last: Path, epoch: int, timeout: float = 600) -> int:
@@ -79,8 +112,9 @@ def kill_after_checkpoint(run: TrainProcess, last: Path, epoch: int, timeout: fl
                 return saved
         time.sleep(0.02)
     process.wait()
-    pytest.fail(f"the run ended (code {process.returncode}) before its epoch-{epoch} checkpoint: "
-                f"{run.log.read_text()[-2000:]}")
+    pytest.fail(
+        f"the run ended (code {process.returncode}) before its epoch-{epoch} checkpoint: {run.log.read_text()[-2000:]}"
+    )
 
 
 def finish(run: TrainProcess) -> None:
@@ -125,7 +159,7 @@ def assert_same_tensors(a: object, b: object, where: str) -> None:
             assert_same_tensors(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_tensors(x, y, f"{where}[{index}]")
     else:
         assert a == b, where
@@ -139,7 +173,11 @@ def test_resumed_run_ends_with_the_same_weights_optimizers_and_random_states(run
     whole, resumed = load(runs["output"] / "whole"), load(runs["output"] / "killed")
     # last.ckpt is the last epoch: Lightning's own save_last rewrites it only when the best checkpoint improves,
     # and with val/acc stuck at its maximum a resume would then repeat epochs
-    assert (resumed["epoch"], resumed["global_step"]) == (whole["epoch"], whole["global_step"]) == (EPOCHS - 1, EPOCHS * 25 * 4)
+    assert (
+        (resumed["epoch"], resumed["global_step"])
+        == (whole["epoch"], whole["global_step"])
+        == (EPOCHS - 1, EPOCHS * 25 * 4)
+    )
     assert_same_tensors(whole["state_dict"], resumed["state_dict"], "state_dict")
     assert len(whole["optimizer_states"]) == 4  # one per phase of the semi-supervised model
     assert_same_tensors(whole["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
@@ -156,11 +194,14 @@ def test_resumed_run_reports_the_same_metrics_and_best_checkpoint(runs: dict[str
     assert Path(resumed["best_checkpoint"]).name == Path(whole["best_checkpoint"]).name
     assert Path(resumed["best_checkpoint"]).parent == output / "killed" / "checkpoints"
     # the best checkpoint the resumed run kept is the one the uninterrupted run kept, byte for byte in its weights
-    assert_same_tensors(load(output / "whole", Path(whole["best_checkpoint"]).name)["state_dict"],
-                        torch.load(resumed["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"],
-                        "best state_dict")
+    assert_same_tensors(
+        load(output / "whole", Path(whole["best_checkpoint"]).name)["state_dict"],
+        torch.load(resumed["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"],
+        "best state_dict",
+    )
     assert sorted(p.name for p in (output / "killed" / "checkpoints").iterdir()) == sorted(
-        p.name for p in (output / "whole" / "checkpoints").iterdir())
+        p.name for p in (output / "whole" / "checkpoints").iterdir()
+    )
 
 
 def test_resumed_run_logs_into_the_same_wandb_run(runs: dict[str, object]) -> None:
@@ -174,8 +215,13 @@ def test_resumed_run_logs_into_the_same_wandb_run(runs: dict[str, object]) -> No
 
 
 def namespace(**given: object) -> argparse.Namespace:
-    return train.parse_args(["--variant", "ae", *[part for key, value in given.items()
-                                                  for part in (f"--{key.replace('_', '-')}", str(value))]])
+    return train.parse_args(
+        [
+            "--variant",
+            "ae",
+            *[part for key, value in given.items() for part in (f"--{key.replace('_', '-')}", str(value))],
+        ]
+    )
 
 
 def test_ckpt_path_last_is_the_last_ckpt_of_run_name(tmp_path: Path) -> None:
@@ -187,18 +233,42 @@ def test_a_checkpoint_inside_a_run_folder_continues_that_run(tmp_path: Path) -> 
     inside = tmp_path / "elsewhere" / "r" / "checkpoints" / "best-epoch003.ckpt"
     assert train.resolve_run(namespace(output_dir=tmp_path, ckpt_path=inside)) == (inside.parent.parent, inside)
     # --run-name starts a new run (in its own folder) from that checkpoint instead
-    assert train.resolve_run(namespace(output_dir=tmp_path, run_name="new", ckpt_path=inside)) == (tmp_path / "new", inside)
+    assert train.resolve_run(namespace(output_dir=tmp_path, run_name="new", ckpt_path=inside)) == (
+        tmp_path / "new",
+        inside,
+    )
 
 
 def test_csv_history_survives_a_resume(tiny_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning's CSV logger deletes metrics.csv when it starts in a non-empty folder; resuming keeps the rows of
     the epochs before. In this process: `train.main`, twice."""
     monkeypatch.delenv("AAE_RUN_NAME", raising=False)
-    base = ["--variant", "ae", "--data-dir", str(tiny_mnist_dir), "--val-size", "100", "--batch-size", "50",
-            "--hidden-sizes", "16", "--gpus", "0", "--logger", "csv", "--image-every-n-epochs", "0",
-            "--output-dir", str(tmp_path), "--run-name", "r"]
+    base = [
+        "--variant",
+        "ae",
+        "--data-dir",
+        str(tiny_mnist_dir),
+        "--val-size",
+        "100",
+        "--batch-size",
+        "50",
+        "--hidden-sizes",
+        "16",
+        "--gpus",
+        "0",
+        "--logger",
+        "csv",
+        "--image-every-n-epochs",
+        "0",
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "r",
+    ]
     assert train.main([*base, "--max-epochs", "1"]) == 0
-    assert train.main([*base, "--max-epochs", "2", "--ckpt-path", str(tmp_path / "r" / "checkpoints" / "last.ckpt")]) == 0
+    assert (
+        train.main([*base, "--max-epochs", "2", "--ckpt-path", str(tmp_path / "r" / "checkpoints" / "last.ckpt")]) == 0
+    )
     with (tmp_path / "r" / "metrics.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
     # one training mean per epoch: epoch 0 from the first process, epoch 1 from the resumed one, no repeats
@@ -206,14 +276,21 @@ def test_csv_history_survives_a_resume(tiny_mnist_dir: Path, tmp_path: Path, mon
     assert [int(row["epoch"]) for row in rows] == sorted(int(row["epoch"]) for row in rows)
 
 
-def test_a_checkpoint_loads_back_onto_its_device_and_onto_the_cpu(device: str, tiny_mnist_dir: Path,
-                                                                 tmp_path: Path) -> None:
+def test_a_checkpoint_loads_back_onto_its_device_and_onto_the_cpu(
+    device: str, tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
     """Weights, prior generator and outputs of a model trained on `device` come back from its checkpoint: onto that
     device (`load_from_checkpoint` with `map_location`), and onto the CPU (`load_trained`, where the notebooks and
     evaluate.py start)."""
     model = get_variant("semi")(hidden_sizes=(32,), disc_hidden_sizes=(16,), dropout=0.1)
-    datamodule = MNISTDataModule(str(tiny_mnist_dir), num_labels=100, val_size=100, batch_size=50, download=False,
-                                 train_streams=model.train_streams)
+    datamodule = MNISTDataModule(
+        str(tiny_mnist_dir),
+        num_labels=100,
+        val_size=100,
+        batch_size=50,
+        download=False,
+        train_streams=model.train_streams,
+    )
     trainer = make_trainer(2, accelerator=device)
     trainer.fit(model, datamodule)
     path = tmp_path / "model.ckpt"
@@ -279,8 +356,9 @@ AtomicCheckpointIO().save_checkpoint({"epoch": 1, "stall": Stall()}, sys.argv[1]
 def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     io, path, marker = AtomicCheckpointIO(), tmp_path / "last.ckpt", tmp_path / "writing"
     io.save_checkpoint({"epoch": 0, "weights": torch.arange(10.0)}, path)
-    writer = subprocess.Popen([sys.executable, "-c", STALLED_WRITE, str(path), str(marker)], cwd=REPO_ROOT,
-                              stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", STALLED_WRITE, str(path), str(marker)], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while not marker.exists() and writer.poll() is None and time.monotonic() < deadline:
@@ -327,8 +405,13 @@ def test_milestones_may_change_on_resuming_only_where_the_checkpoint_has_not_tra
     checkpoint = {"aae_variant": "aae", "hyper_parameters": hparams, "datamodule_hyper_parameters": {}, "epoch": 49}
     # epochs 0-49 trained at the first rates: a drop from epoch 50 on, or a later one moved, leaves them as they were
     check_resumable(checkpoint, "e49.ckpt", "aae", {**hparams, "lr_milestones": (3, 50)}, {})
-    check_resumable({**checkpoint, "hyper_parameters": {**hparams, "lr_milestones": (3, 80)}}, "e49.ckpt", "aae",
-                    {**hparams, "lr_milestones": [3, 60]}, {})
+    check_resumable(
+        {**checkpoint, "hyper_parameters": {**hparams, "lr_milestones": (3, 80)}},
+        "e49.ckpt",
+        "aae",
+        {**hparams, "lr_milestones": [3, 60]},
+        {},
+    )
     for rewritten in ((), (4,), (3, 49), (3, 10)):
         with pytest.raises(UserError, match="--lr-milestones 3 \\(now"):
             check_resumable(checkpoint, "e49.ckpt", "aae", {**hparams, "lr_milestones": rewritten}, {})

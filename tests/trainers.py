@@ -9,7 +9,9 @@ from typing import Any
 import pytorch_lightning as pl
 
 
-def make_trainer(batches: int | None, epochs: int = 1, callbacks: list[pl.Callback] | None = None, **kwargs: Any) -> pl.Trainer:
+def make_trainer(
+    batches: int | None, epochs: int = 1, callbacks: list[pl.Callback] | None = None, **kwargs: Any
+) -> pl.Trainer:
     """A trainer for `epochs` epochs of `batches` batches each (None: whole epochs); `kwargs` override any setting."""
     settings: dict[str, Any] = dict(
         accelerator="cpu",
@@ -34,5 +36,24 @@ def gpus_flag(device: str) -> list[str]:
 
 #: train.py flags for a one-epoch run of a tiny model on the tiny MNIST files (100 labels, 100 validation images),
 #: without logger or images: what a test needs to get a real checkpoint fast
-TINY_FLAGS = ["--hidden-sizes", "32", "32", "--disc-hidden-sizes", "16", "--val-size", "100", "--batch-size", "50",
-              "--labels", "100", "--max-epochs", "1", "--logger", "none", "--gpus", "0", "--image-every-n-epochs", "0"]
+TINY_FLAGS = [
+    "--hidden-sizes",
+    "32",
+    "32",
+    "--disc-hidden-sizes",
+    "16",
+    "--val-size",
+    "100",
+    "--batch-size",
+    "50",
+    "--labels",
+    "100",
+    "--max-epochs",
+    "1",
+    "--logger",
+    "none",
+    "--gpus",
+    "0",
+    "--image-every-n-epochs",
+    "0",
+]

@@ -35,7 +35,9 @@ class PoisonDecoder(pl.Callback):
     def __init__(self, rank: int) -> None:
         self.rank = rank
 
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: object, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, module: pl.LightningModule, batch: object, batch_idx: int
+    ) -> None:
         if batch_idx == 1 and trainer.global_rank == self.rank:
             with torch.no_grad():
                 next(module.decoder.parameters()).fill_(float("nan"))
@@ -56,12 +58,22 @@ def main() -> None:
         pl.seed_everything(0, verbose=False)
         model = cls(**hparams)
         initial = parameter_vector(model).clone()
-        datamodule = MNISTDataModule(args.data_dir, num_labels=100, val_size=100, batch_size=50, download=False,
-                                     train_streams=cls.train_streams)
-        trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=DDPStrategy(find_unused_parameters=True),
-                             max_epochs=1, limit_train_batches=args.batches, limit_val_batches=2, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             callbacks=[] if args.poison_rank is None else [PoisonDecoder(args.poison_rank)])
+        datamodule = MNISTDataModule(
+            args.data_dir, num_labels=100, val_size=100, batch_size=50, download=False, train_streams=cls.train_streams
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=args.devices,
+            strategy=DDPStrategy(find_unused_parameters=True),
+            max_epochs=1,
+            limit_train_batches=args.batches,
+            limit_val_batches=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[] if args.poison_rank is None else [PoisonDecoder(args.poison_rank)],
+        )
         if args.poison_rank is not None:
             try:
                 trainer.fit(model, datamodule=datamodule)
@@ -85,17 +97,26 @@ def main() -> None:
         if trainer.is_global_zero:
             if args.save_params:
                 torch.save(final, f"{args.save_params}/{name}.pt")
-            print(json.dumps({
-                "variant": name,
-                "world_size": dist.get_world_size(),
-                "replicas_identical": all(torch.equal(gathered[0], other) for other in gathered[1:]),
-                "parameters_moved": not torch.equal(initial, final),
-                "prior_samples_differ": not torch.equal(prior_draws[0], prior_draws[1]) if model.priors else None,
-                "same_split_fingerprint": len(set(fingerprints)) == 1,
-                "global_step": trainer.global_step,
-                "phases": list(cls.phases),
-                "val_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "variant": name,
+                        "world_size": dist.get_world_size(),
+                        "replicas_identical": all(torch.equal(gathered[0], other) for other in gathered[1:]),
+                        "parameters_moved": not torch.equal(initial, final),
+                        "prior_samples_differ": not torch.equal(prior_draws[0], prior_draws[1])
+                        if model.priors
+                        else None,
+                        "same_split_fingerprint": len(set(fingerprints)) == 1,
+                        "global_step": trainer.global_step,
+                        "phases": list(cls.phases),
+                        "val_metrics": {
+                            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+                        },
+                    }
+                ),
+                flush=True,
+            )
     leave_process_group()
 
 

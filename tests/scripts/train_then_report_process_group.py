@@ -18,6 +18,8 @@ if __name__ == "__main__":
     code = train.main(sys.argv[1:])
     from pytorch_lightning.utilities import rank_zero_only
 
-    sys.stdout.write(json.dumps({"rank": rank_zero_only.rank, "exit_code": code,
-                                 "holds_process_group": dist.is_initialized()}) + "\n")
+    sys.stdout.write(
+        json.dumps({"rank": rank_zero_only.rank, "exit_code": code, "holds_process_group": dist.is_initialized()})
+        + "\n"
+    )
     sys.stdout.flush()

@@ -25,8 +25,9 @@ def main() -> None:
     model = cls.load_from_checkpoint(args.ckpt, map_location="cpu")
     split = checkpoint["datamodule_hyper_parameters"]
     datamodule = MNISTDataModule(**{**split, "batch_size": args.batch_size})
-    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=args.devices, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     if trainer.is_global_zero:
         print(json.dumps({"devices": args.devices, **{k: float(v) for k, v in metrics.items()}}), flush=True)
