@@ -24,11 +24,11 @@ from torch import Tensor
 
 from aae_lightning import AutoencoderBase, get_variant
 from aae_lightning.checkpoint_io import load_trained, read_checkpoint
+from aae_lightning.cli import EXIT_USER_ERROR, OneLineParser, add_parzen_flags, positive_int
 from aae_lightning.console import quiet_console
-from aae_lightning.errors import UserError
+from aae_lightning.errors import UserError, first_line
 from aae_lightning.evaluation import default_sigma_grid, parzen_estimate, prior_images
 from datamodules import MNISTDataModule
-from train import OneLineParser, positive_int
 
 EVAL_BATCH = 1000
 
@@ -44,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="estimate the Parzen window log-likelihood (variants with a prior)",
     )
-    parser.add_argument("--parzen-samples", type=positive_int, default=10_000, help="decoder samples from the prior")
-    parser.add_argument(
-        "--parzen-val-size",
-        type=positive_int,
-        default=1_000,
-        help="validation images that choose the kernel width (parzen_ll.py uses 1,000)",
-    )
+    add_parzen_flags(parser)
     parser.add_argument(
         "--parzen-test-size",
         type=positive_int,
@@ -99,9 +93,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         model, datamodule = load_trained(args.ckpt, args.data_dir)
     except (TypeError, RuntimeError) as error:  # hyperparameters or weight shapes this code's variant does not have
-        first_line = str(error).strip().splitlines()[0]
         raise UserError(
-            f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line})"
+            f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line(error)})"
         ) from None
     results: dict[str, Any] = {
         "checkpoint": str(args.ckpt),
@@ -142,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     print_table(results)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The unsupervised adversarial autoencoder (paper section 2): codes z matched to a chosen prior."""
 
 from dataclasses import dataclass
+from typing import Any
 
 from aae_lightning.base import AdversarialHparams, AutoencoderBase
 from aae_lightning.components import Encoder, GaussianPosteriorEncoder
@@ -22,8 +23,8 @@ class AAEHparams(AdversarialHparams):
         "and reconstruct use the mean)",
         accepts=OneOf(POSTERIORS),
     )
-    # At the other variants' 1e-4 a 2-D code was still half as far from N(0, 5^2) as the plain autoencoder's after
-    # 500 batches (energy distance); at 1e-3 it matched the prior within 300 (tests/test_learning.py)
+    # At the other variants' 1e-4 a 2-D code is still half as far from N(0, 5^2) as the plain autoencoder's after
+    # 500 batches (energy distance); at 1e-3 it matches the prior within 300 (tests/learning/test_learning.py)
     regularization_lr: float = redefault(AdversarialHparams, "regularization_lr", 1e-3)
     generator_lr: float = redefault(AdversarialHparams, "generator_lr", 1e-3)
 
@@ -41,7 +42,7 @@ class AdversarialAutoencoder(AutoencoderBase):
         super().build()
         self.add_adversary("z", make_prior(self.config.prior, self.config.latent_dim, self.config.prior_std))
 
-    def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder) -> Encoder:
+    def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder, **options: Any) -> Encoder:
         if self.config.posterior == "gaussian":
             encoder_class = GaussianPosteriorEncoder
-        return super().make_encoder(heads, encoder_class)
+        return super().make_encoder(heads, encoder_class, **options)

@@ -16,12 +16,16 @@ grows by three per batch. Schedules and checkpoints therefore count epochs, neve
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.strategies import ParallelStrategy
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
@@ -38,8 +42,8 @@ from aae_lightning.hparams import (
     probability,
 )
 from aae_lightning.priors import Prior
+from datamodules import IMAGE_SIZE as IMAGE_DIM
 
-IMAGE_DIM = 28 * 28
 RECONSTRUCTION_LOSSES = ("bce", "half_sse")
 OPTIMIZERS = ("adam", "sgd")
 #: the phases that match codes to priors: they share one encoder pass and may have a momentum of their own
@@ -87,7 +91,9 @@ class AutoencoderHparams(DeclaredHparams):
     lr_gamma: float = hparam(0.1, "learning-rate factor applied at each milestone", accepts=positive())
     # train.py seeds everything with it too, and Lightning's seed_everything takes no other range
     seed: int = hparam(
-        0, "seeds the prior samples (offset by the DDP rank so ranks differ)", accepts=Range(int, 0, 2**32 - 1)
+        0,
+        "seeds the prior samples and, under DDP, each rank's own noise and dropout (ranks above 0 derive theirs)",
+        accepts=Range(int, 0, 2**32 - 1),
     )
 
 
@@ -116,7 +122,7 @@ class AdversarialHparams(AutoencoderHparams):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A phase produced a NaN or infinite loss; raised before that loss can touch any parameter."""
+    """A phase produced a NaN or infinite loss. Its optimizer step was skipped, so no parameter ever saw it."""
 
 
 class AutoencoderBase(pl.LightningModule):
@@ -136,8 +142,11 @@ class AutoencoderBase(pl.LightningModule):
     }
     #: the validation metric that picks the best checkpoint, and its direction
     monitor: ClassVar[tuple[str, str]] = ("val/recon_loss", "min")
-    #: number of classes the decoder is conditioned on / the encoder predicts (0: none)
-    num_classes: int = 0
+    #: whether `classify` scores classes: the variants with a class code y, and the label-regularized model,
+    #: which reads the digit off z
+    classifies: ClassVar[bool] = False
+    #: whether `represent` gives the code z itself, which `latent_prior` describes; dimreduction's W_c y + z is not
+    represents_z: ClassVar[bool] = True
     #: the `--variant` name, set by `registry.register`
     variant_name: ClassVar[str] = ""
 
@@ -154,7 +163,9 @@ class AutoencoderBase(pl.LightningModule):
             for network in (self.encoder, self.decoder, self.discriminators):
                 initialise_linear_layers(network, self.config.init_std)
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict(self.make_metrics()) for stage in ("val", "test")})
-        self.prior_generator = torch.Generator()
+        # made on first use: a torch.Generator cannot travel to the processes `ddp_spawn` starts
+        self._prior_generator: torch.Generator | None = None
+        self._first_nonfinite: Tensor | None = None  # per phase, the first batch whose loss was not finite (-1: none)
         self._epoch_sums: dict[str, Tensor] = {}  # this epoch's training losses times batch sizes, by name
         self._epoch_images = 0
         self._adversarial_batch: dict[str, Tensor] | None = None  # the batch `_adversarial_codes` belong to
@@ -166,7 +177,9 @@ class AutoencoderBase(pl.LightningModule):
         self.encoder = self.make_encoder({"z": self.config.latent_dim})
         self.decoder = self.make_decoder(self.config.latent_dim)
 
-    def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder) -> Encoder:
+    def make_encoder(self, heads: dict[str, int], encoder_class: type[Encoder] = Encoder, **options: Any) -> Encoder:
+        """An encoder of images with the configured hidden layers and regularizers; `options` are what a variant's
+        encoder has besides (the clustering encoder's input dropout and batch normalization, see `Encoder`)."""
         config = self.config
         return encoder_class(
             IMAGE_DIM,
@@ -175,6 +188,7 @@ class AutoencoderBase(pl.LightningModule):
             dropout=config.dropout,
             input_noise=config.input_noise,
             hidden_dropout=config.hidden_dropout,
+            **options,
         )
 
     def make_decoder(self, code_dim: int) -> Decoder:
@@ -218,6 +232,15 @@ class AutoencoderBase(pl.LightningModule):
         return self.priors.get("z")
 
     # ----- public API used by callbacks, notebooks and evaluate.py ------------------------------------------
+    # Every variant has all of it; what a variant can do is declared by `latent_prior` (None: no prior),
+    # `num_classes`, `classifies` and `represents_z`, so that no caller needs to probe for a method.
+    @property
+    def num_classes(self) -> int:
+        """The width of the class code the decoder is conditioned on (0: it decodes z alone): the digits for the
+        supervised and semi-supervised models, the categories for the clustering model. Where it is not 0,
+        `decode` needs labels, and `reconstruct` too unless the encoder predicts the class (`classifies`)."""
+        return 0
+
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """The continuous code z of each image (the style, for variants with a class code)."""
@@ -232,8 +255,30 @@ class AutoencoderBase(pl.LightningModule):
     def reconstruct(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         return torch.sigmoid(self.decoder(self.decoder_input(self.encoder(images), labels)))
 
+    @torch.no_grad()
+    def classify(self, images: Tensor) -> Tensor:
+        """Class scores of each image, one column per class: `num_classes` columns, or the ten digits where the
+        decoder is not conditioned on a class. Only for variants that declare `classifies`."""
+        raise NotImplementedError(f"{type(self).__name__} does not classify (its `classifies` is False)")
+
+    @torch.no_grad()
+    def represent(self, images: Tensor) -> Tensor:
+        """What plots show of each image: its code z, unless the variant declares `represents_z` False."""
+        return self.encode(images)
+
+    @property
+    def prior_generator(self) -> torch.Generator:
+        """The generator of the prior samples the discriminators see as real: on the CPU, seeded by `seed`, until
+        `setup` puts one on the training device for this process."""
+        if self._prior_generator is None:
+            self._prior_generator = torch.Generator()
+            self._prior_generator.manual_seed(self.config.seed * 1_000)
+        return self._prior_generator
+
     def sample_prior(self, name: str, n: int) -> Tensor:
-        return self.priors[name].sample(n, generator=self.prior_generator).to(self.device)
+        """n samples of the prior `name` on the module's device, in its dtype. Drawn on the device of
+        `prior_generator` (the training device once `setup` ran): on a GPU, no copy from the host per phase."""
+        return self.priors[name].sample(n, generator=self.prior_generator).to(self.device, self.dtype)
 
     # ----- the phases ---------------------------------------------------------------------------------------
     def reconstruction_phase(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -297,8 +342,16 @@ class AutoencoderBase(pl.LightningModule):
         return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)  # the one other --optimizer allowed
 
     def setup(self, stage: str) -> None:
-        # the same --seed on every rank, yet each rank draws its own prior samples
-        self.prior_generator.manual_seed(self.config.seed * 1_000 + self.global_rank)
+        # The same --seed on every rank, yet each rank draws its own prior samples, input noise and dropout. Rank 0
+        # keeps the streams a single-process run has, so one process trains exactly as before.
+        rank = self.global_rank
+        self._prior_generator = torch.Generator(self.trainer.strategy.root_device)
+        self._prior_generator.manual_seed(self.config.seed * 1_000 + rank)
+        if rank > 0:
+            torch.manual_seed(rank_seed(self.config.seed, rank))
+
+    def on_train_start(self) -> None:
+        self._first_nonfinite = None
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums, self._epoch_images = {}, 0
@@ -324,7 +377,7 @@ class AutoencoderBase(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logs: dict[str, Tensor] = {}
-        for phase, optimizer in zip(self.phases, self._optimizer_list(), strict=True):
+        for index, (phase, optimizer) in enumerate(zip(self.phases, self._optimizer_list(), strict=True)):
             self._set_train_modes(phase)
             if phase == "regularization":
                 # One encoder pass serves both adversarial phases. It runs before the discriminators' optimizer
@@ -336,35 +389,79 @@ class AutoencoderBase(pl.LightningModule):
             # and none is computed for networks that only pass gradients through (the critic, for instance)
             self.toggle_optimizer(optimizer)
             loss, phase_logs = getattr(self, f"{phase}_phase")(batch)
-            self._stop_unless_finite(loss, phase, batch_idx)
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            # Each phase averages its own optimizer's gradients over the processes (`_reduce_gradients`); DDP's
+            # hooks would all-reduce every gradient bucket after each phase's backward pass, about four times the
+            # traffic, and wait for the gradients of parameters the phase leaves unused.
+            with self._without_ddp_gradient_sync():
+                self.manual_backward(loss)
+            self._skip_step_unless_finite(optimizer, index, loss, batch_idx)
             optimizer.step()
             self.untoggle_optimizer(optimizer)
             logs.update(phase_logs)
         self._adversarial_batch, self._adversarial_codes = None, {}  # frees the graph
-        self._log_train(logs, batch_size=len(self.training_images(batch)))
+        logged = self._logs_this_batch()
+        if logged:  # the host waits for the device here anyway, to hand the step losses to the loggers
+            self._stop_if_nonfinite()
+        self._log_train(logs, batch_size=len(self.training_images(batch)), logged=logged)
 
-    def _stop_unless_finite(self, loss: Tensor, phase: str, batch_idx: int) -> None:
-        # Decided by all processes together (one all-reduce of a flag under DDP): a process stopping alone
-        # would leave the others waiting in the next gradient all-reduce for a peer that is gone.
-        finite = bool(torch.isfinite(loss))
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+    def _skip_step_unless_finite(self, optimizer: Any, phase_index: int, loss: Tensor, batch_idx: int) -> None:
+        """Make the coming step a no-op if this phase's loss is not finite, on this or any other process, without
+        the host waiting for the device: the fused optimizers skip a step whose `found_inf` flag is 1 (the
+        protocol `torch.amp.GradScaler` drives them with). The flag is kept per phase until `_stop_if_nonfinite`
+        reads it on the next logged batch."""
+        nonfinite = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(())  # GradScaler's shape
+        if self.trainer.world_size > 1:
+            nonfinite = self._reduce_gradients(optimizer, nonfinite)
+        # under 16-bit mixed precision the gradient scaler sets and clears this flag itself
+        optimizer.optimizer.found_inf = nonfinite
+        if self._first_nonfinite is None:
+            self._first_nonfinite = torch.full((len(self.phases),), -1, dtype=torch.long, device=nonfinite.device)
+        first = self._first_nonfinite[phase_index]
+        self._first_nonfinite[phase_index] = torch.where((nonfinite > 0) & (first < 0), batch_idx, first)
+
+    def _without_ddp_gradient_sync(self) -> Any:
+        strategy = self.trainer.strategy
+        return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext()
+
+    def _reduce_gradients(self, optimizer: Any, nonfinite: Tensor) -> Tensor:
+        """Average this phase's gradients over the processes in one all-reduce, with the non-finite flag riding
+        along; returns the flag of all processes together (1: any process had a non-finite loss). Only the
+        phase's own parameters travel: a phase's optimizer owns a part of the model."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        flat = torch.cat([*(grad.reshape(-1) for grad in grads), nonfinite.reshape(1).to(grads[0].dtype)])
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        for grad, reduced in zip(grads, flat[:-1].split([grad.numel() for grad in grads]), strict=True):
+            grad.copy_(reduced.view_as(grad))
+        return (flat[-1] > 0).to(torch.float32)
+
+    def _logs_this_batch(self) -> bool:
+        """Whether the loggers write this batch's step values: Lightning's rule for `log_every_n_steps`, which
+        counts batches since the start of training."""
+        batches = self.trainer.fit_loop.epoch_loop.total_batch_idx + 1
+        return batches % self.trainer.log_every_n_steps == 0 or bool(self.trainer.fast_dev_run)
+
+    def _stop_if_nonfinite(self) -> None:
+        """Raise if a phase had a non-finite loss since training started. Every process holds the same flags
+        (they travel with the gradients), so all of them stop together and none waits for a peer that is gone."""
+        if self._first_nonfinite is None or not bool((self._first_nonfinite >= 0).any()):
             return
-        value = f"is {loss.item()}" if not finite else "is not finite on another process"
+        first = self._first_nonfinite.tolist()
+        phase_index = min((batch, index) for index, batch in enumerate(first) if batch >= 0)[1]
         raise NonFiniteLossError(
-            f"{phase} loss {value} at epoch {self.current_epoch}, batch {batch_idx}; "
+            f"{self.phases[phase_index]} loss is not finite at epoch {self.current_epoch}, batch "
+            f"{first[phase_index]}; its optimizer step and any later one with a non-finite loss were skipped, "
             "training stopped and the last checkpoint is untouched"
         )
 
-    def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:
+    def _log_train(self, logs: dict[str, Tensor], batch_size: int, logged: bool) -> None:
         # Step values are this rank's own (syncing them would cost an all-reduce per loss per step); epoch means
         # are synced over ranks once, when the epoch ends. Those means are summed here rather than by a second
         # self.log per loss: Lightning's bookkeeping costs most of a millisecond per logged name and batch, 5-10 %
         # of a CPU step. For the same reason step values reach Lightning only on the batches whose values its
-        # loggers write (every `log_every_n_steps`), asking the question Lightning's own LearningRateMonitor asks.
+        # loggers write (`logged`).
         logs = {name: value.detach() for name, value in logs.items()}
-        if self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run:
+        if logged:
             self.log_dict(
                 {f"train/{name}_step": value for name, value in logs.items()},
                 on_step=True,
@@ -376,6 +473,7 @@ class AutoencoderBase(pl.LightningModule):
         self._epoch_images += batch_size
 
     def on_train_epoch_end(self) -> None:
+        self._stop_if_nonfinite()
         if self._epoch_images:
             means = {f"train/{name}_epoch": total / self._epoch_images for name, total in self._epoch_sums.items()}
             self.log_dict(means, on_step=False, on_epoch=True, sync_dist=True)
@@ -406,25 +504,57 @@ class AutoencoderBase(pl.LightningModule):
 
     # ----- checkpoint extras --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning does not save random states; a resumed run needs them to continue exactly where it stopped
-        checkpoint["aae_rng"] = {
-            "prior_generator": self.prior_generator.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        # Lightning saves no random states; a resumed run needs every process's to continue exactly where it
+        # stopped. Every process calls this hook and rank 0 writes the file, so the states are gathered here.
+        checkpoint["aae_rng"] = {"ranks": self._gather_rng_states()}
         checkpoint["aae_variant"] = self.variant_name
+
+    def _gather_rng_states(self) -> list[dict[str, Tensor]]:
+        mine = {"prior_generator": self.prior_generator.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.trainer is None or self.trainer.world_size == 1:
+            return [mine]
+        # NCCL gathers device tensors only; every process's states have the same shapes
+        gathered = {name: self.all_gather(state.to(self.device)).cpu() for name, state in mine.items()}
+        # clones: torch.set_rng_state reads a state's storage from its start, whatever the view's offset
+        return [
+            {name: states[rank].clone() for name, states in gathered.items()} for rank in range(self.trainer.world_size)
+        ]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("aae_rng")
         if states is None:
             return
+        ranks = states.get("ranks", [states])  # one process's states at the top: a checkpoint of an older version
+        rank = self.global_rank
+        if rank >= len(ranks):
+            rank_zero_warn(
+                f"the checkpoint holds the random states of {len(ranks)} process(es); processes from rank "
+                f"{len(ranks)} on continue with fresh streams seeded from --seed"
+            )
+            return
+        mine = ranks[rank]
         # generators take their states as CPU tensors, and `load_from_checkpoint(map_location="cuda")` hands them
         # over on the GPU
-        self.prior_generator.set_state(states["prior_generator"].cpu())
-        torch.set_rng_state(states["torch"].cpu())
-        # one state per GPU of the machine that saved it: restore those this machine has too (it may have fewer)
-        for index, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(state.cpu(), index)
+        torch.set_rng_state(mine["torch"].cpu())
+        prior_state = mine["prior_generator"].cpu()
+        if prior_state.numel() == self.prior_generator.get_state().numel():
+            self.prior_generator.set_state(prior_state)
+        else:  # saved on another kind of device, whose generator state does not fit this one
+            rank_zero_warn("the prior samples' random state was saved on another kind of device; it restarts")
+        cuda = mine.get("cuda")
+        if isinstance(cuda, list):  # an older checkpoint: every GPU of the machine that saved it
+            for index, state in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state.cpu(), index)
+        elif cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda.cpu(), self.trainer.strategy.root_device if self.trainer else "cuda")
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of a DDP process's global torch generator (ranks above 0): distinct for every (seed, rank) and
+    unrelated to the prior generator's."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0])
 
 
 def initialise_linear_layers(module: nn.Module, std: float) -> None:

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.plugins import TorchCheckpointIO
 
-from aae_lightning.errors import UserError
-from aae_lightning.hparams import flag
+from aae_lightning.errors import UserError, first_line, flag, in_flag_terms, shown
 
 if TYPE_CHECKING:
     from aae_lightning.base import AutoencoderBase
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
 REQUIRED_KEYS = ("aae_variant", "hyper_parameters", "state_dict", "datamodule_hyper_parameters")
 #: datamodule settings that may change between a run and its resumption: where the files are, not what they are
 RELOCATABLE = ("data_dir", "download")
-#: datamodule settings whose flag is not simply the setting's name
-FLAG_NAMES = {"num_labels": "labels"}
 
 
 def temporary_path(path: Path, pid: int | str | None = None) -> Path:
@@ -84,8 +81,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch.load raises a different type for every kind of bad file  # noqa: BLE001
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: {reason})") from None
+        raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: {first_line(error)})") from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} is not a checkpoint of train.py (it holds a {type(checkpoint).__name__})")
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
@@ -131,7 +127,7 @@ def check_resumable(
     added_later = {name: value for name, value in ADDED_LATER.items() if name in wanted}
     saved = {**added_later, **checkpoint["datamodule_hyper_parameters"], **checkpoint["hyper_parameters"]}
     differing = [
-        f"{flag(FLAG_NAMES.get(name, name))} {_shown(saved.get(name))} (now {_shown(wanted.get(name))})"
+        f"{flag(name)} {shown(saved.get(name))} (now {shown(wanted.get(name))})"
         for name in sorted(set(saved) | set(wanted))
         if name not in RELOCATABLE
         and _trained_part(name, saved.get(name), checkpoint.get("epoch", 0))
@@ -156,25 +152,23 @@ def _comparable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _shown(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value)) or "(none)"
-    return str(value)
-
-
 def load_trained(path: str | Path, data_dir: str | Path | None = None) -> tuple[AutoencoderBase, MNISTDataModule]:
     """The model a checkpoint of any variant holds, in evaluation mode on the CPU, and its MNIST datamodule set up
     with the split the run trained on (checked against the checkpoint's fingerprint). `data_dir`: where the MNIST
-    files are now (default: where the run read them); nothing is downloaded."""
+    files are now (default: where the run read them); nothing is downloaded. Data errors are `UserError`s worded
+    in the flags the run was trained with, as for train.py."""
     from aae_lightning.registry import get_variant
-    from datamodules import MNISTDataModule
+    from datamodules import DataError, MNISTDataModule
 
     checkpoint = read_checkpoint(path)
     model = get_variant(checkpoint["aae_variant"]).load_from_checkpoint(path, map_location="cpu", weights_only=False)
     settings = {**checkpoint["datamodule_hyper_parameters"], "download": False}
     if data_dir is not None:
         settings["data_dir"] = str(data_dir)
-    datamodule = MNISTDataModule(**settings)
-    datamodule.load_state_dict(checkpoint.get(MNISTDataModule.__qualname__, {}))
-    datamodule.setup("test")
+    try:
+        datamodule = MNISTDataModule(**settings)
+        datamodule.load_state_dict(checkpoint.get(MNISTDataModule.__qualname__, {}))
+        datamodule.setup("test")
+    except DataError as error:
+        raise in_flag_terms(error) from error
     return model.eval(), datamodule

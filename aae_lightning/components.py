@@ -4,21 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 
 def mlp(
-    sizes: Sequence[int], dropout: float = 0.0, input_noise: float = 0.0, hidden_dropout: float = 0.0
+    sizes: Sequence[int],
+    dropout: float = 0.0,
+    input_noise: float = 0.0,
+    hidden_dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    batchnorm: bool = False,
 ) -> nn.Sequential:
     """Linear layers with ReLU between them and a linear last layer (callers apply their own output function).
-    `dropout` drops the input of every linear layer, `hidden_dropout` the output of every hidden ReLU."""
-    layers: list[nn.Module] = [GaussianNoise(input_noise)] if input_noise > 0 else []
+    `input_dropout` drops the input alone, before `input_noise` corrupts it; `dropout` drops the input of every
+    linear layer, `hidden_dropout` the output of every hidden ReLU; `batchnorm` normalizes the output of every
+    linear layer, the last one included."""
+    layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout > 0 else []
+    if input_noise > 0:
+        layers.append(GaussianNoise(input_noise))
     for index, (fan_in, fan_out) in enumerate(pairwise(sizes)):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(fan_in, fan_out))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(fan_out))
         if index < len(sizes) - 2:
             layers.extend(hidden_activation(hidden_dropout))
     return nn.Sequential(*layers)
@@ -27,16 +39,6 @@ def mlp(
 def hidden_activation(hidden_dropout: float) -> list[nn.Module]:
     """A hidden layer's ReLU, and the dropout of its output when asked for."""
     return [nn.ReLU(), nn.Dropout(hidden_dropout)] if hidden_dropout > 0 else [nn.ReLU()]
-
-
-def with_batchnorm(layers: nn.Sequential) -> nn.Sequential:
-    """The same layers with a BatchNorm1d after every Linear."""
-    out = nn.Sequential()
-    for layer in layers:
-        out.append(layer)
-        if isinstance(layer, nn.Linear):
-            out.append(nn.BatchNorm1d(layer.out_features))
-    return out
 
 
 class GaussianNoise(nn.Module):
@@ -54,7 +56,8 @@ class Encoder(nn.Module):
     """q(z|x): an MLP from images to one or more code heads sharing the hidden layers.
 
     `heads` maps a head's name to its width, e.g. {"z": 2} or {"y": 10, "z": 10}; `forward` returns the raw
-    (pre-activation) outputs in a dict of the same names.
+    (pre-activation) outputs in a dict of the same names. The regularizers are `mlp`'s; `batchnorm` normalizes
+    every hidden layer and `head_batchnorm` every head's output too (the paper's clustering encoder).
     """
 
     def __init__(
@@ -65,15 +68,33 @@ class Encoder(nn.Module):
         dropout: float = 0.0,
         input_noise: float = 0.0,
         hidden_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        batchnorm: bool = False,
+        head_batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        self.trunk = mlp([input_dim, *hidden], dropout=dropout, input_noise=input_noise, hidden_dropout=hidden_dropout)
+        self.trunk = mlp(
+            [input_dim, *hidden],
+            dropout=dropout,
+            input_noise=input_noise,
+            hidden_dropout=hidden_dropout,
+            input_dropout=input_dropout,
+            batchnorm=batchnorm,
+        )
         self.trunk.extend(hidden_activation(hidden_dropout))
-        self.heads = nn.ModuleDict({name: nn.Linear(hidden[-1], width) for name, width in heads.items()})
+        self.heads = nn.ModuleDict(
+            {name: code_head(hidden[-1], width, head_batchnorm) for name, width in heads.items()}
+        )
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.trunk(x)
         return {name: head(features) for name, head in self.heads.items()}
+
+
+def code_head(fan_in: int, width: int, batchnorm: bool) -> nn.Module:
+    """An encoder head: a linear layer, followed by a BatchNorm1d of its output when asked for."""
+    layer = nn.Linear(fan_in, width)
+    return nn.Sequential(layer, nn.BatchNorm1d(width)) if batchnorm else layer
 
 
 class GaussianPosteriorEncoder(Encoder):
@@ -81,9 +102,9 @@ class GaussianPosteriorEncoder(Encoder):
     mean and a log-variance of its own. In training mode `forward` returns a reparameterised sample of every head,
     so the decoder and the discriminators see codes drawn from the posterior; in eval mode it returns the means."""
 
-    def __init__(self, input_dim: int, hidden: Sequence[int], heads: dict[str, int], **regularizers: float) -> None:
+    def __init__(self, input_dim: int, hidden: Sequence[int], heads: dict[str, int], **options: Any) -> None:
         log_variances = {f"{name}_logvar": width for name, width in heads.items()}
-        super().__init__(input_dim, hidden, {**heads, **log_variances}, **regularizers)
+        super().__init__(input_dim, hidden, {**heads, **log_variances}, **options)
         self.sampled_heads = tuple(heads)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -45,10 +45,14 @@ class DimReductionHparams(SemiHparams):
 class DimReductionAAE(SemiSupervisedAAE):
     Hparams = DimReductionHparams
     phase_modules = {**AutoencoderBase.phase_modules, "reconstruction": ("encoder", "decoder", "cluster_heads")}
+    represents_z = False
 
     def build(self) -> None:
         super().build()
-        self.decoder = self.make_decoder(self.config.latent_dim)  # replaces the [y, z] decoder
+        # The decoder reads W_c y + z, latent_dim wide. It replaces semi's [y, z]-wide decoder rather than being
+        # built in its place because semi's draws from the global generator before the discriminators do: so a
+        # seed gives the initial weights of the measured runs (README, docs/dimreduction.md).
+        self.decoder = self.make_decoder(self.config.latent_dim)
         self.cluster_heads = nn.Linear(self.num_classes, self.config.latent_dim, bias=False)
         nn.init.normal_(self.cluster_heads.weight, std=self.config.head_distance)
 
@@ -74,5 +78,5 @@ class DimReductionAAE(SemiSupervisedAAE):
 
     @torch.no_grad()
     def represent(self, images: Tensor) -> Tensor:
-        """The 2-D representation W_c y + z of each image: what the paper plots."""
+        """The 2-D representation W_c y + z of each image: what the paper plots (no prior describes it)."""
         return self.decoder_input(self.encoder(images), None)

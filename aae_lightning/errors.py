@@ -1,4 +1,17 @@
-"""Errors caused by what a user asked for; the CLI shows their message as one line and exits with code 2."""
+"""Errors caused by what a user asked for, and the words their one-line messages are made of: a setting's flag, a
+value as the command line gives it, the first line of another library's error, a data-layer error in flag terms.
+The CLI shows a `UserError`'s message as one line and exits with code 2."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datamodules import DataError
+
+#: settings whose flag is not simply their name (`num_labels`, of the datamodule, is `--labels`)
+FLAG_NAMES = {"num_labels": "labels"}
 
 
 class UserError(ValueError):
@@ -7,3 +20,31 @@ class UserError(ValueError):
 
 class HparamError(UserError):
     """A hyperparameter outside what its declaration accepts, or two that do not fit together."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: a hyperparameter, or an argument of the datamodule."""
+    return "--" + FLAG_NAMES.get(name, name).replace("_", "-")
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: a name quoted, a list as the command line gives it."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "(none)"
+    return str(value)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message that is not blank ('' if there is none): another library's error,
+    quoted in a one-line message."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def in_flag_terms(error: DataError) -> UserError:
+    """A data-layer error as the command line says it: each datamodule argument it names becomes its flag."""
+    message = str(error)
+    for name in error.arguments:
+        message = re.sub(rf"\b{re.escape(name)}\b", flag(name), message)
+    return UserError(message)

@@ -40,7 +40,7 @@ class ClusterAccuracy(Metric):
     c. The paper's label of cluster k is the class of the single image with the highest q(y=k|x): the same image
     as the highest log-odds, i.e. `top_log_odds[k].argmax()`; the majority label is `counts[k].argmax()`.
     Log-odds, computed from the logits, because a confident model's float32 probabilities round to exactly 1 for
-    many images, and the argmax over those ties picked the lowest class number instead of the most confident
+    many images, and the argmax over those ties would pick the lowest class number instead of the most confident
     image. A cluster no image was seen for keeps label 0 (it holds no image either, so its label
     cannot change the accuracy of the same set).
 

@@ -2,9 +2,10 @@
 
 Every field of a variant's `Hparams` dataclass is made with `hparam(default, help, accepts=...)`. The declaration
 checks a value, describes itself for `train.py --help` and for error messages ("a float in [0, 1)"), and names
-values at its edges and just outside them, from which tests/test_hparams.py generates its cases. Making an
-`Hparams` (as every model's `__init__` does) checks each field against its declaration, then the relations
-between fields, so the same check runs for train.py, evaluate.py, `load_from_checkpoint` and a notebook.
+values at its edges and just outside them, from which tests/unit/test_hparams.py and tests/cli/test_errors.py
+generate their cases. Making an `Hparams` (as every model's `__init__` does) checks each field against its
+declaration, then the relations between fields, so the same check runs for train.py, evaluate.py,
+`load_from_checkpoint` and a notebook.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from itertools import pairwise
 from typing import Any
 
-from aae_lightning.errors import HparamError
+from aae_lightning.errors import HparamError, flag, shown
 
 
 class Accepts(ABC):
@@ -236,20 +237,6 @@ def declarations(hparams_class: type) -> dict[str, Accepts]:
             )
         declared[item.name] = item.metadata["accepts"]
     return declared
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a hyperparameter."""
-    return "--" + name.replace("_", "-")
-
-
-def shown(value: Any) -> str:
-    """A value as an error message shows it: a name quoted, a list as the command line gives it."""
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value)) or "(none)"
-    return str(value)
 
 
 class DeclaredHparams:

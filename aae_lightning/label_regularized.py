@@ -24,8 +24,8 @@ from aae_lightning.base import AdversarialHparams, AutoencoderBase
 from aae_lightning.hparams import Range, hparam, positive
 from aae_lightning.priors import MixtureOfGaussiansPrior
 from aae_lightning.registry import register
+from datamodules import NUM_CLASSES as NUM_DIGITS
 
-NUM_DIGITS = 10
 UNLABELED = NUM_DIGITS  # the index of the extra label slot
 
 
@@ -43,6 +43,7 @@ class LabelRegularizedAAE(AutoencoderBase):
     phases = ("reconstruction", "regularization", "generator")
     train_streams = ("unlabeled", "labeled")
     monitor = ("val/acc", "max")
+    classifies = True
 
     def build(self) -> None:
         super().build()
@@ -65,11 +66,14 @@ class LabelRegularizedAAE(AutoencoderBase):
         return {"z": torch.cat([z, F.one_hot(self.label_slots(batch), NUM_DIGITS + 1).to(z.dtype)], dim=1)}
 
     def prior_samples(self, batch: dict[str, Tensor], codes: dict[str, Tensor]) -> dict[str, Tensor]:
-        slots = self.label_slots(batch).cpu()
-        anywhere = torch.randint(NUM_DIGITS, slots.shape, generator=self.prior_generator)
+        # drawn where the prior generator lives (the training device): no round trip through the host
+        generator = self.prior_generator
+        slots = self.label_slots(batch).to(generator.device)
+        anywhere = torch.randint(NUM_DIGITS, slots.shape, generator=generator, device=generator.device)
         components = torch.where(slots == UNLABELED, anywhere, slots)
-        z = self.priors["z"].sample(len(slots), generator=self.prior_generator, components=components)
-        return {"z": torch.cat([z, F.one_hot(slots, NUM_DIGITS + 1).float()], dim=1).to(self.device)}
+        z = self.priors["z"].sample(len(slots), generator=generator, components=components)
+        reals = torch.cat([z, F.one_hot(slots, NUM_DIGITS + 1).float()], dim=1)
+        return {"z": reals.to(self.device, self.dtype)}
 
     @torch.no_grad()
     def classify(self, images: Tensor) -> Tensor:

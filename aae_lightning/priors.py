@@ -1,7 +1,9 @@
 """Priors p(z) that the adversarial phases match the codes to.
 
-Each prior samples on the CPU from a generator it is handed (so that every DDP rank can draw its own samples
-and a checkpoint can carry the generator's state) and knows the box worth plotting.
+Each prior samples from a generator it is handed, on that generator's device (so that every DDP rank can draw its
+own samples, a GPU draws them without a copy from the host, and a checkpoint can carry the generator's state),
+always in float32 (the same numbers under every precision; the module casts them), and knows the box worth
+plotting.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class Prior(ABC):
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n samples, shape (n, dim), float32 on the CPU."""
+        """n samples, shape (n, dim), float32 on the device of `generator` (the CPU without one)."""
 
     @property
     @abstractmethod
@@ -33,7 +35,7 @@ class GaussianPrior(Prior):
         self.dim, self.std = dim, std
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.std * torch.randn(n, self.dim, generator=generator)
+        return self.std * torch.randn(n, self.dim, generator=generator, device=device_of(generator))
 
     @property
     def plot_range(self) -> tuple[float, float]:
@@ -45,7 +47,8 @@ class UniformPrior(Prior):
         self.dim, self.low, self.high = dim, low, high
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.low + (self.high - self.low) * torch.rand(n, self.dim, generator=generator)
+        unit = torch.rand(n, self.dim, generator=generator, device=device_of(generator))
+        return self.low + (self.high - self.low) * unit
 
     @property
     def plot_range(self) -> tuple[float, float]:
@@ -68,11 +71,12 @@ class MixtureOfGaussiansPrior(Prior):
         self.radial_std, self.tangential_std = radial_std, tangential_std
 
     def sample(self, n: int, generator: torch.Generator | None = None, components: Tensor | None = None) -> Tensor:
+        device = device_of(generator)
         if components is None:
-            components = torch.randint(self.num_components, (n,), generator=generator)
-        angle = 2 * math.pi * components.cpu().float() / self.num_components
-        radial = self.radius + self.radial_std * torch.randn(n, generator=generator)
-        tangential = self.tangential_std * torch.randn(n, generator=generator)
+            components = torch.randint(self.num_components, (n,), generator=generator, device=device)
+        angle = 2 * math.pi * components.to(device, torch.float32) / self.num_components
+        radial = self.radius + self.radial_std * torch.randn(n, generator=generator, device=device)
+        tangential = self.tangential_std * torch.randn(n, generator=generator, device=device)
         cos, sin = torch.cos(angle), torch.sin(angle)
         return torch.stack([radial * cos - tangential * sin, radial * sin + tangential * cos], dim=1)
 
@@ -92,9 +96,10 @@ class SwissRollPrior(Prior):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         # sqrt spreads points evenly along the arc rather than crowding them at the centre
-        position = torch.rand(n, generator=generator).sqrt()
+        device = device_of(generator)
+        position = torch.rand(n, generator=generator, device=device).sqrt()
         angle = 2 * math.pi * self.turns * position
-        radius = self.max_radius * position + self.noise * torch.randn(n, generator=generator)
+        radius = self.max_radius * position + self.noise * torch.randn(n, generator=generator, device=device)
         return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
 
     @property
@@ -110,12 +115,16 @@ class CategoricalPrior(Prior):
         self.dim = num_classes
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        classes = torch.randint(self.dim, (n,), generator=generator)
+        classes = torch.randint(self.dim, (n,), generator=generator, device=device_of(generator))
         return torch.nn.functional.one_hot(classes, self.dim).float()
 
     @property
     def plot_range(self) -> tuple[float, float]:
         return (0.0, 1.0)
+
+
+def device_of(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
 
 
 def make_prior(name: str, dim: int, std: float = 5.0) -> Prior:

@@ -11,15 +11,16 @@ from aae_lightning.base import AdversarialHparams, AutoencoderBase
 from aae_lightning.hparams import redefault
 from aae_lightning.priors import GaussianPrior
 from aae_lightning.registry import register
+from datamodules import NUM_CLASSES
 
 
 @dataclass
 class SupervisedHparams(AdversarialHparams):
-    # With the other variants' prior std 5, no input noise and adversarial rates 1e-4, the decoder drew the asked
-    # digit from prior samples 85 % of the time after one epoch (the digit 1 only 45 %: its styles filled a corner of
-    # the code space, and z drawn elsewhere decoded as a blob). A unit prior, which the encoder reaches sooner, the
-    # paper's input noise and a faster adversary fill the prior within the epoch: 0.957 (commit 51be8b6), 0.94-1.00
-    # over seeds 0-2 (tests/test_learning.py)
+    # With the other variants' prior std 5, no input noise and adversarial rates 1e-4, the decoder draws the asked
+    # digit from prior samples 85 % of the time after one epoch (the digit 1 only 45 %: its styles fill a corner of
+    # the code space, and z drawn elsewhere decodes as a blob). A unit prior, which the encoder reaches sooner, the
+    # paper's input noise and a faster adversary fill the prior within the epoch: 0.957, 0.94-1.00 over seeds 0-2
+    # (tests/learning/test_learning.py, docs/training.md)
     prior_std: float = redefault(AdversarialHparams, "prior_std", 1.0)
     input_noise: float = redefault(AdversarialHparams, "input_noise", 0.3)
     regularization_lr: float = redefault(AdversarialHparams, "regularization_lr", 3e-3)
@@ -31,7 +32,10 @@ class SupervisedAAE(AutoencoderBase):
     Hparams = SupervisedHparams
     phases = ("reconstruction", "regularization", "generator")
     train_streams = ("labeled",)
-    num_classes = 10
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
 
     def build(self) -> None:
         self.encoder = self.make_encoder({"z": self.config.latent_dim})

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --data-dir ../shared/data
     python benchmarks/throughput.py --data-dir ../shared/data --accelerator gpu
+    python benchmarks/throughput.py --data-dir ../shared/data --variants semi --precision 32-true bf16-mixed
 
 The plain loop is what a straightforward implementation looks like: one default (unfused) optimizer of the
 variant's kind (`--optimizer`: Adam, or SGD for `semi`) per phase,
@@ -14,6 +15,10 @@ count one per phase. Runs alternate between the three loops and the best of `--r
 processes on a shared machine only ever make a run slower. `--accelerator` and `--devices` choose the one device
 all three loops run on, as Lightning reads them (the CPU unless asked otherwise); each loop moves its batches
 there inside the timed span, as Lightning does.
+
+`--precision` takes one or more of Lightning's precisions: the Lightning loop runs under each (alternating with
+the others, so that they share the machine's conditions) and a second table gives each precision's rate against
+the first one's. The bare and plain loops, which have no precision plugin, always run in float32.
 """
 
 from __future__ import annotations
@@ -76,10 +81,16 @@ def lightning_devices(device: torch.device) -> int | list[int]:
 
 
 def lightning_seconds(
-    cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int, batches: int
+    cls: type[AutoencoderBase],
+    datamodule: MNISTDataModule,
+    device: torch.device,
+    warmup: int,
+    batches: int,
+    precision: str = "32-true",
 ) -> tuple[float, float]:
     timer = StepTimer(warmup, batches)
     trainer = pl.Trainer(
+        precision=precision,
         accelerator=device.type,
         devices=lightning_devices(device),
         max_epochs=1,
@@ -240,12 +251,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--devices", default="1", help="Lightning's, naming one device: 1, or an index such as '1,' for the second GPU"
     )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["32-true"],
+        help="Lightning precisions the Lightning loop runs under, alternating; the first is the reference",
+    )
     args = parser.parse_args(argv)
     device = timed_device(parser, args.accelerator, args.devices)
     torch.set_num_threads(args.threads)
     pl.seed_everything(0, verbose=False)
 
     rows = []
+    by_precision: dict[tuple[str, str], float] = {}  # best wall seconds of the Lightning loop
     for name in args.variants:
         cls = get_variant(name)
         # a variant trained on labels alone (supervised) gets all of them, as train.py gives it: a 1,000-image
@@ -258,8 +276,13 @@ def main(argv: list[str] | None = None) -> None:
         best = {loop: (float("inf"),) * 2 for loop in LOOPS}
         for _ in range(args.repeats):
             for loop, measure in LOOPS.items():
-                wall, cpu = measure(cls, datamodule, device, args.warmup, args.batches)
+                settings = {"precision": args.precision[0]} if loop == "lightning" else {}
+                wall, cpu = measure(cls, datamodule, device, args.warmup, args.batches, **settings)
                 best[loop] = (min(best[loop][0], wall), min(best[loop][1], cpu))
+            for precision in args.precision[1:]:
+                wall, _ = lightning_seconds(cls, datamodule, device, args.warmup, args.batches, precision)
+                by_precision[name, precision] = min(by_precision.get((name, precision), float("inf")), wall)
+        by_precision[name, args.precision[0]] = best["lightning"][0]
         rows.append(
             (
                 name,
@@ -270,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"\n{args.batches} timed batches of 100 after {args.warmup} warm-up, best of {args.repeats}, "
-        f"{args.threads} torch threads, on {device_name(device)}; steps = batches (all phases) per second"
+        f"{args.threads} torch threads, on {device_name(device)}; steps = batches (all phases) per second; "
+        f"the Lightning loop in {args.precision[0]}, the bare and plain loops in float32"
     )
     print(
         "| variant | Lightning steps/s | bare loop steps/s | plain loop steps/s | Lightning / plain (wall) "
@@ -283,6 +307,15 @@ def main(argv: list[str] | None = None) -> None:
             f"| {wall['lightning'] / wall['plain']:.2f}x | {cpu['lightning'] / cpu['plain']:.2f}x "
             f"| {wall['bare'] / wall['plain']:.2f}x | {wall['lightning'] / wall['bare']:.2f}x |"
         )
+    if len(args.precision) > 1:
+        print(f"\nThe Lightning loop by precision (best of {args.repeats}, alternating):")
+        print(f"| variant | precision | steps/s | against {args.precision[0]} |")
+        print("|---|---|---:|---:|")
+        for name in args.variants:
+            reference = by_precision[name, args.precision[0]]
+            for precision in args.precision:
+                seconds = by_precision[name, precision]
+                print(f"| {name} | {precision} | {args.batches / seconds:.2f} | {reference / seconds:.2f}x |")
 
 
 if __name__ == "__main__":

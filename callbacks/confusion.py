@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from aae_lightning.base import AutoencoderBase
+from callbacks.needs import CLASSIFIER, Need, unmet
 from callbacks.publish import image_due, publish
 from callbacks.rendering import confusion_matrix_image
 
@@ -30,6 +32,7 @@ class ConfusionMatrix(pl.Callback):
     """
 
     name = "confusion_matrix"
+    needs: ClassVar[tuple[Need, ...]] = (CLASSIFIER,)
 
     def __init__(self, every_n_epochs: int = 1, seed: int = 0) -> None:
         if every_n_epochs < 1:
@@ -39,14 +42,16 @@ class ConfusionMatrix(pl.Callback):
         self.classes = 0
         self._told = False
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "classify", None)):
+    def setup(self, trainer: pl.Trainer, pl_module: AutoencoderBase, stage: str) -> None:
+        reason = unmet(self.needs, pl_module)
+        if reason is not None:
             if not self._told:
-                rank_zero_info(f"ConfusionMatrix draws nothing: {type(pl_module).__name__} has no classify")
+                rank_zero_info(f"ConfusionMatrix draws nothing: {reason}")
                 self._told = True
             self.matrix = None
             return
-        self.classes = getattr(pl_module, "num_classes", 0) or DIGITS
+        # `classify` scores the classes of a conditioned decoder, or the digits
+        self.classes = pl_module.num_classes or DIGITS
         # square, as torchmetrics wants it, and wide enough for both the true digits and the predicted classes
         self.matrix = MulticlassConfusionMatrix(max(self.classes, DIGITS))
 
@@ -62,7 +67,7 @@ class ConfusionMatrix(pl.Callback):
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        pl_module: AutoencoderBase,
         outputs: Any,
         batch: tuple[Tensor, Tensor],
         batch_idx: int,
@@ -75,7 +80,7 @@ class ConfusionMatrix(pl.Callback):
         scores = outputs[CLASS_LOGITS] if has_logits else pl_module.classify(images)
         self.matrix.update(scores.detach().argmax(dim=1), labels)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> None:
         if not self._counting(trainer):
             return
         counts = self.matrix.compute()  # collective under DDP: every rank must get here
@@ -84,8 +89,7 @@ class ConfusionMatrix(pl.Callback):
             return
         counts = counts[:DIGITS, : self.classes]
         total = int(counts.sum())
-        metrics = getattr(pl_module, "metrics", {})
-        if "val" in metrics and "acc" in metrics["val"]:
+        if "acc" in pl_module.metrics["val"]:
             accuracy = counts.diagonal().sum().item() / max(total, 1)
             title = f"validation confusion matrix: {total} images, accuracy {accuracy:.2%}"
             image = confusion_matrix_image(counts, title)

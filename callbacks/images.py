@@ -6,8 +6,9 @@ fixed inputs: the validation images it shows and the noise it decodes are drawn 
 `torch.Generator` seeded with `seed` afresh every time, so the same inputs appear at every epoch, before and
 after a resume, and the global random stream that training draws from is never touched.
 
-A callback says in its docstring what it needs of the module; on a variant that lacks it, it draws nothing and
-says so once, in one line on the console (Lightning's info log, not a warning: nothing is wrong with the run).
+A callback says in its docstring what it needs of the module and lists the declared capabilities it needs
+(callbacks/needs.py); on a variant that lacks one, it draws nothing and says so once, in one line on the console
+(Lightning's info log, not a warning: nothing is wrong with the run).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from aae_lightning.base import AutoencoderBase
+from callbacks.needs import PRIOR, Need, unmet
 from callbacks.publish import image_due, publish
 from callbacks.rendering import IMAGE_SIDE, principal_axes, scatter_codes, tile
 
@@ -43,12 +46,12 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[None]:
 class EpochImageCallback(pl.Callback):
     """Draws one image per due epoch and publishes it (PNG in the run folder + the active logger).
 
-    Subclasses set `name`, list the module attributes they call in `needs`, and implement `draw`.
-    `needs_validation_data` means the datamodule must offer `validation_data() -> (images, labels)`.
+    Subclasses set `name`, list the declared capabilities they need of the module in `needs`, and implement
+    `draw`. `needs_validation_data` means the datamodule must offer `validation_data() -> (images, labels)`.
     """
 
     name: ClassVar[str]
-    needs: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[Need, ...]] = ()
     needs_validation_data: ClassVar[bool] = False
 
     def __init__(self, every_n_epochs: int = 1, seed: int = 0) -> None:
@@ -58,11 +61,11 @@ class EpochImageCallback(pl.Callback):
         self._told = False
 
     # ----- what a subclass describes ------------------------------------------------------------------------
-    def missing(self, pl_module: pl.LightningModule) -> str | None:
-        """Why this module cannot be drawn beyond the missing attributes in `needs`; None if it can."""
+    def missing(self, pl_module: AutoencoderBase) -> str | None:
+        """Why this module cannot be drawn beyond the capabilities in `needs` it lacks; None if it can."""
         return None
 
-    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
+    def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
         """The image (height, width, 3, uint8) and its caption."""
         raise NotImplementedError
 
@@ -70,10 +73,10 @@ class EpochImageCallback(pl.Callback):
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
 
-    def unsupported(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
-        absent = [attribute for attribute in self.needs if getattr(pl_module, attribute, None) is None]
-        if absent:
-            return f"{type(pl_module).__name__} has no {', '.join(absent)}"
+    def unsupported(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> str | None:
+        lacking = unmet(self.needs, pl_module)
+        if lacking is not None:
+            return lacking
         if self.needs_validation_data and not callable(getattr(trainer.datamodule, "validation_data", None)):
             return "the datamodule has no validation_data()"
         return self.missing(pl_module)
@@ -103,7 +106,7 @@ def to_module(pl_module: pl.LightningModule, tensor: Tensor) -> Tensor:
     return tensor.to(device=pl_module.device, dtype=pl_module.dtype)
 
 
-def class_labels(pl_module: pl.LightningModule, labels: Tensor) -> Tensor | None:
+def class_labels(pl_module: AutoencoderBase, labels: Tensor) -> Tensor | None:
     """The labels a conditioned decoder needs, or None for a decoder of z alone."""
     return labels.to(pl_module.device) if pl_module.num_classes else None
 
@@ -124,7 +127,7 @@ class LatentGrid(EpochImageCallback):
     """
 
     name = "latent_grid"
-    needs = ("decode", "latent_prior")
+    needs = (PRIOR,)
 
     def __init__(
         self, every_n_epochs: int = 1, seed: int = 0, size: int = 20, dims: tuple[int, int] = (0, 1), digit: int = 0
@@ -132,13 +135,13 @@ class LatentGrid(EpochImageCallback):
         super().__init__(every_n_epochs, seed)
         self.size, self.dims, self.digit = size, dims, digit
 
-    def missing(self, pl_module: pl.LightningModule) -> str | None:
+    def missing(self, pl_module: AutoencoderBase) -> str | None:
         dim = pl_module.latent_prior.dim
         if max(self.dims) >= dim or self.dims[0] == self.dims[1]:
             return f"dims {self.dims} are not two distinct dimensions of the {dim}-d latent"
         return None
 
-    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
+    def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
         prior = pl_module.latent_prior
         low, high = prior.plot_range
         ticks = torch.linspace(low, high, self.size)
@@ -166,15 +169,14 @@ class StyleGrid(EpochImageCallback):
     """
 
     name = "style_grid"
-    needs = ("encode", "decode")
     needs_validation_data = True
 
-    def missing(self, pl_module: pl.LightningModule) -> str | None:
-        if not getattr(pl_module, "num_classes", 0):
+    def missing(self, pl_module: AutoencoderBase) -> str | None:
+        if not pl_module.num_classes:
             return "its decoder is not conditioned on a class (num_classes is 0)"
         return None
 
-    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
+    def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
         images, labels = trainer.datamodule.validation_data()
         order = torch.randperm(len(images), generator=self.generator())
         # the first image of each digit in a fixed shuffled order: one row per digit present
@@ -205,13 +207,13 @@ class PriorSamples(EpochImageCallback):
     """
 
     name = "samples"
-    needs = ("decode", "latent_prior")
+    needs = (PRIOR,)
 
     def __init__(self, every_n_epochs: int = 1, seed: int = 0, rows: int = 10) -> None:
         super().__init__(every_n_epochs, seed)
         self.rows = rows
 
-    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
+    def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
         columns = pl_module.num_classes or DIGITS
         count = self.rows * columns
         z = pl_module.latent_prior.sample(count, generator=self.generator())
@@ -231,14 +233,13 @@ class Reconstructions(EpochImageCallback):
     """
 
     name = "reconstructions"
-    needs = ("reconstruct",)
     needs_validation_data = True
 
     def __init__(self, every_n_epochs: int = 1, seed: int = 0, row_pairs: int = 4) -> None:
         super().__init__(every_n_epochs, seed)
         self.row_pairs = row_pairs
 
-    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
+    def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
         images, labels = self.validation_subset(trainer, self.row_pairs * DIGITS)
         pairs = len(images) // DIGITS  # a validation set smaller than asked for shows fewer pairs
         images, labels = images[: pairs * DIGITS], labels[: pairs * DIGITS]
@@ -250,41 +251,40 @@ class Reconstructions(EpochImageCallback):
 class LatentScatter(EpochImageCallback):
     """Codes z of `count` fixed validation images coloured by digit, with `prior_count` prior samples faint and
     grey behind them when the module has a prior. A 2-d z is plotted as is; a wider one is projected on the
-    two leading principal components of the plotted codes (the axes say so). A module with `represent(x)`
-    (the dimensionality-reduction model's W_c y + z) is plotted in that representation, without the prior,
-    which is a distribution of z alone.
+    two leading principal components of the plotted codes (the axes say so). A module whose `represent(x)` is
+    not z (`represents_z` False: the dimensionality-reduction model's W_c y + z) is plotted in that
+    representation, without the prior, which is a distribution of z alone.
 
-    Needs `encode(x) -> z`, `config.latent_dim` >= 2 and the datamodule's `validation_data()`; uses
+    Needs `represent(x)`, `config.latent_dim` >= 2 and the datamodule's `validation_data()`; uses
     `latent_prior` when there is one.
     """
 
     name = "latent_scatter"
-    needs = ("encode",)
     needs_validation_data = True
 
     def __init__(self, every_n_epochs: int = 1, seed: int = 0, count: int = 5000, prior_count: int = 2000) -> None:
         super().__init__(every_n_epochs, seed)
         self.count, self.prior_count = count, prior_count
 
-    def missing(self, pl_module: pl.LightningModule) -> str | None:
+    def missing(self, pl_module: AutoencoderBase) -> str | None:
         if pl_module.config.latent_dim < 2:
             return f"its latent is {pl_module.config.latent_dim}-d; a scatter plot needs two dimensions"
         return None
 
-    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray, str]:
+    def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
         images, labels = self.validation_subset(trainer, self.count)
-        represent = getattr(pl_module, "represent", None)
-        codes = (represent or pl_module.encode)(to_module(pl_module, images)).float().cpu()
-        prior = None if represent else pl_module.latent_prior
+        codes = pl_module.represent(to_module(pl_module, images)).float().cpu()
+        in_z = pl_module.represents_z
+        prior = pl_module.latent_prior if in_z else None
         # seeded apart from the image choice, so the prior cloud does not depend on how many images there are
         samples = (
             prior.sample(self.prior_count, generator=torch.Generator().manual_seed(self.seed + 1)) if prior else None
         )
         width = codes.shape[1]
-        name = "represent(x)" if represent else "z"
+        name = "z" if in_z else "represent(x)"
         if width == 2:
             axis_labels = [f"{name}[0]", f"{name}[1]"]
-            title = f"{len(codes)} validation codes" + (f", {name}" if represent else "")
+            title = f"{len(codes)} validation codes" + ("" if in_z else f", {name}")
         else:
             mean, directions, shares = principal_axes(codes)
             codes = (codes - mean) @ directions

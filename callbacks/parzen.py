@@ -19,7 +19,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
+from aae_lightning.base import AutoencoderBase
 from aae_lightning.evaluation import default_sigma_grid, parzen_estimate, prior_images
+from callbacks.needs import PRIOR, Need, unmet
 from callbacks.publish import image_due
 
 
@@ -40,7 +42,7 @@ class ParzenLikelihood(pl.Callback):
     class-conditioned decoders), and the datamodule's `validation_data()`.
     """
 
-    needs: ClassVar[tuple[str, ...]] = ("latent_prior", "decode")
+    needs: ClassVar[tuple[Need, ...]] = (PRIOR,)
     metric: ClassVar[str] = "val/parzen_ll"
     sigma_metric: ClassVar[str] = "val/parzen_sigma"
 
@@ -58,10 +60,9 @@ class ParzenLikelihood(pl.Callback):
         self.sigma_images, self.scored_images = sigma_images, scored_images
 
     @classmethod
-    def unsupported(cls, pl_module: pl.LightningModule) -> str | None:
+    def unsupported(cls, pl_module: AutoencoderBase) -> str | None:
         """Why this module cannot be scored (what it lacks of `needs`), or None if it can."""
-        absent = [attribute for attribute in cls.needs if getattr(pl_module, attribute, None) is None]
-        return f"{type(pl_module).__name__} has no {', '.join(absent)}" if absent else None
+        return unmet(cls.needs, pl_module)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # refused before the first epoch: a run that cannot log the metric would fail only at its first checkpoint

@@ -20,10 +20,10 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from aae_lightning.errors import UserError
-
+#: MNIST's facts: ten digits, images of 28 x 28 pixels (flattened to IMAGE_SIZE values everywhere in this project)
 NUM_CLASSES = 10
-IMAGE_SIZE = 28 * 28
+IMAGE_SHAPE = (28, 28)
+IMAGE_SIZE = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 MNIST_RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -33,8 +33,14 @@ MNIST_RAW_FILES = (
 TRAIN_STREAMS = ("unlabeled", "labeled")
 
 
-class DataError(UserError):
-    """Bad data or split settings; the message is one line, fit to show a user without a traceback."""
+class DataError(ValueError):
+    """Bad data or split settings; the message is one line, fit to show a user without a traceback. It names the
+    settings it is about by their argument names (of `MNISTDataModule`, `make_split`), listed in `arguments`, so
+    that a command line can put its own flags in their place."""
+
+    def __init__(self, message: str, arguments: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.arguments = arguments
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,8 @@ def make_split(targets: Tensor, seed: int, num_labels: int | None, val_size: int
     total = len(targets)
     if not 0 < val_size < total:
         raise DataError(
-            f"--val-size must be between 1 and {total - 1} (the training set has {total} images), got {val_size}"
+            f"val_size must be between 1 and {total - 1} (the training set has {total} images), got {val_size}",
+            ("val_size",),
         )
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(total, generator=generator)
@@ -82,7 +89,8 @@ def make_split(targets: Tensor, seed: int, num_labels: int | None, val_size: int
     else:
         if num_labels <= 0 or num_labels % NUM_CLASSES:
             raise DataError(
-                f"--labels must be a positive multiple of {NUM_CLASSES} (balanced classes), got {num_labels}"
+                f"num_labels must be a positive multiple of {NUM_CLASSES} (balanced classes), got {num_labels}",
+                ("num_labels",),
             )
         per_class = num_labels // NUM_CLASSES
         rest_targets = targets[rest]
@@ -91,8 +99,9 @@ def make_split(targets: Tensor, seed: int, num_labels: int | None, val_size: int
             of_digit = rest[rest_targets == digit]
             if len(of_digit) < per_class:
                 raise DataError(
-                    f"--labels {num_labels} needs {per_class} images of each digit, but digit {digit} has only "
-                    f"{len(of_digit)} outside the validation split"
+                    f"num_labels {num_labels} needs {per_class} images of each digit, but digit {digit} has only "
+                    f"{len(of_digit)} outside the validation split",
+                    ("num_labels",),
                 )
             chosen.append(of_digit[:per_class])
         labeled = torch.cat(chosen)
@@ -116,7 +125,7 @@ DOWNLOAD_TIMEOUT = 60.0
 
 
 def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
-    """Images as a float tensor (N, 784) in [0, 1] and labels (N,), read through torchvision."""
+    """Images as a float tensor (N, IMAGE_SIZE) in [0, 1] and labels (N,), read through torchvision."""
     from torchvision.datasets import MNIST  # deferred: importing torchvision costs seconds
 
     raw_dir = Path(data_dir) / "MNIST" / "raw"
@@ -146,7 +155,7 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
     finally:
         socket.setdefaulttimeout(previous_timeout)
     images, targets = dataset.data, dataset.targets
-    if images.dim() != 3 or images.shape[1:] != (28, 28) or len(images) != len(targets) or len(images) == 0:
+    if images.dim() != 3 or images.shape[1:] != IMAGE_SHAPE or len(images) != len(targets) or len(images) == 0:
         raise DataError(
             f"MNIST files in {raw_dir} are corrupt: images {tuple(images.shape)} "
             f"do not match labels {tuple(targets.shape)}"
@@ -158,11 +167,12 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
 
 def check_global_batch_sizes(world_size: int, batch_size: int, labeled_batch_size: int | None = None) -> None:
     """Batch sizes are global: each of the `world_size` processes takes an equal share of every batch."""
-    for name, size in (("--batch-size", batch_size), ("--labeled-batch-size", labeled_batch_size)):
+    for name, size in (("batch_size", batch_size), ("labeled_batch_size", labeled_batch_size)):
         if size is not None and size % world_size:
             raise DataError(
                 f"{name} {size} is global (split over all devices) and must divide evenly by the {world_size} "
-                f"processes; use a multiple of {world_size}"
+                f"processes; use a multiple of {world_size}",
+                (name,),
             )
 
 
@@ -308,7 +318,9 @@ class MNISTDataModule(pl.LightningDataModule):
             self.hparams.batch_size if "unlabeled" in self.hparams.train_streams else self.labeled_batch_size
         )
         if len(primary) < primary_batch:
-            raise DataError(f"--batch-size {primary_batch} is larger than the {len(primary)} training images")
+            raise DataError(
+                f"batch_size {primary_batch} is larger than the {len(primary)} training images", ("batch_size",)
+            )
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
@@ -370,5 +382,6 @@ class MNISTDataModule(pl.LightningDataModule):
         if self.split is not None and self._expected_fingerprint not in (None, self.split.fingerprint):
             raise DataError(
                 f"this checkpoint was trained on a different split (fingerprint {self._expected_fingerprint}, now "
-                f"{self.split.fingerprint}): use the same --seed, --labels and --val-size"
+                f"{self.split.fingerprint}): use the same seed, num_labels and val_size",
+                ("seed", "num_labels", "val_size"),
             )

@@ -1,44 +1,19 @@
-"""Shared fixtures: tiny MNIST files written by the tests, the real MNIST for the learning checks, and the devices
-that device-dependent tests run on."""
+"""The fixtures every folder below shares: tiny MNIST files written by the tests, the real MNIST for the learning
+checks, and the devices that device-dependent tests run on. What is no fixture is in helpers.py."""
 
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-IDX_TYPE_UBYTE = 0x08
+from tests.helpers import REPO_ROOT, make_fake_mnist
+
 CUDA = pytest.param(
     "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 )
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the IDX format MNIST ships in (magic, dimensions, raw bytes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(">HBB", 0, IDX_TYPE_UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def make_fake_mnist(root: Path, train_per_class: int = 60, test_per_class: int = 10, seed: int = 0) -> Path:
-    """A small MNIST look-alike in torchvision's layout under `root/MNIST/raw`: each digit is a bright bar at
-    its own position plus noise, so models can learn something from it in a few steps."""
-    rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
-    for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
-        labels = np.repeat(np.arange(10), per_class)
-        rng.shuffle(labels)
-        images = rng.integers(0, 60, size=(len(labels), 28, 28))
-        for index, digit in enumerate(labels):
-            images[index, 2 + 2 * digit : 4 + 2 * digit, 4:24] = 255
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Run by tests/test_ddp.py as its own program, because Lightning's DDP launcher starts the other ranks by
-re-running the launching script: it must never be pytest itself.
+"""Run by tests/distributed/test_ddp.py as its own program, because Lightning's DDP launcher starts the other ranks
+by re-running the launching script: it must never be pytest itself.
 
 For each variant named on the command line: train a few batches on `--devices` CPU processes, then check on
 every rank that DDP kept the replicas identical and that training moved them. Rank 0 prints one JSON line per
@@ -16,7 +16,6 @@ import sys
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.strategies import DDPStrategy
 
 from aae_lightning import NonFiniteLossError, get_variant
 from aae_lightning.distributed import leave_process_group
@@ -64,7 +63,7 @@ def main() -> None:
         trainer = pl.Trainer(
             accelerator="cpu",
             devices=args.devices,
-            strategy=DDPStrategy(find_unused_parameters=True),
+            strategy="ddp",  # what users type: DDP that does not look for unused parameters
             max_epochs=1,
             limit_train_batches=args.batches,
             limit_val_batches=2,

@@ -1,6 +1,6 @@
-"""Run by tests/test_ddp.py as its own program (DDP re-runs the launching script for rank 1): train.py's main()
-with this script's arguments, then one JSON line per rank saying whether the process still holds its process
-group, which torch would otherwise tear down at interpreter shutdown, where it can abort the process."""
+"""Run by tests/distributed/test_ddp.py as its own program (DDP re-runs the launching script for rank 1):
+train.py's main() with this script's arguments, then one JSON line per rank saying whether the process still holds
+its process group, which torch would otherwise tear down at interpreter shutdown, where it can abort the process."""
 
 from __future__ import annotations
 

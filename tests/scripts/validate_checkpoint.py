@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py as its own program (DDP re-runs the launching script): validate a checkpoint on
+"""Run by tests/distributed/test_ddp.py as its own program (DDP re-runs the launching script): validate a checkpoint on
 `--devices` CPU processes and print the validation metrics as one JSON line from rank 0."""
 
 from __future__ import annotations

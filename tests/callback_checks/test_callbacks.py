@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from trainers import gpus_flag
 
 import train
+from aae_lightning import VARIANTS, cli
 from aae_lightning.errors import UserError
+from aae_lightning.run_folder import run_name
 from callbacks.wandb_setup import make_wandb_logger
+from tests.helpers import REPO_ROOT, gpus_flag
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
 VAL_SIZE = 100
 SEMI_IMAGES = ("latent_grid", "style_grid", "samples", "reconstructions", "latent_scatter", "confusion_matrix")
@@ -71,7 +72,7 @@ def train_argv(
 
 
 def run_in_process(argv: list[str]) -> dict[str, Any]:
-    results = train.train(train.parse_args(argv))
+    results = train.train(cli.parse_args(argv))
     import wandb
 
     # train.py leaves the W&B run open for the interpreter's exit to close; this process goes on. `finish` can
@@ -217,7 +218,7 @@ def test_wandb_offline_run_holds_every_image_accuracy_and_config(tiny_mnist_dir:
 
 def test_default_run_name_carries_variant_and_label_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AAE_RUN_NAME", raising=False)
-    name = train.run_name(train.parse_args(["--variant", "semi", "--labels", "100"]))
+    name = run_name(cli.parse_args(["--variant", "semi", "--labels", "100"]))
     assert name.startswith("semi-100labels-seed0-")
 
 
@@ -248,7 +249,7 @@ def test_tensorboard_event_files_hold_every_image(tiny_mnist_dir: Path, tmp_path
 @pytest.fixture(scope="module")
 def semi_without_logger(device: str, tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("no_logger")
-    train.train(train.parse_args(train_argv(tiny_mnist_dir, output, "semi", "none", device=device)))
+    train.train(cli.parse_args(train_argv(tiny_mnist_dir, output, "semi", "none", device=device)))
     return output / "semi-run"
 
 
@@ -271,7 +272,7 @@ def test_images_leave_training_untouched(
 ) -> None:
     """Drawing every epoch consumes no global random numbers: the run ends exactly as one that never draws."""
     train.train(
-        train.parse_args(
+        cli.parse_args(
             train_argv(tiny_mnist_dir, tmp_path, "semi", "none", "--image-every-n-epochs", "0", device=device)
         )
     )
@@ -283,7 +284,7 @@ def test_images_leave_training_untouched(
     assert drawn["state_dict"].keys() == plain["state_dict"].keys()
     for key, value in drawn["state_dict"].items():
         assert torch.equal(value, plain["state_dict"][key]), key
-    assert torch.equal(drawn["aae_rng"]["torch"], plain["aae_rng"]["torch"])
+    assert torch.equal(drawn["aae_rng"]["ranks"][0]["torch"], plain["aae_rng"]["ranks"][0]["torch"])
 
 
 def test_variant_without_prior_or_classes_says_so_once_in_one_line_each(
@@ -292,7 +293,7 @@ def test_variant_without_prior_or_classes_says_so_once_in_one_line_each(
     """Lightning's info log, which reaches the console as the bare message: nothing is wrong, so no warning."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train.train(train.parse_args(train_argv(tiny_mnist_dir, tmp_path, "ae", "none")))
+        train.train(cli.parse_args(train_argv(tiny_mnist_dir, tmp_path, "ae", "none")))
     said = [message for message in caplog.messages if " draws nothing: " in message]
     assert sorted(message.split(" draws nothing: ")[0] for message in said) == [
         "ConfusionMatrix",
@@ -319,13 +320,13 @@ VARIANT_IMAGES = {
 
 
 def test_every_variant_is_covered() -> None:
-    assert set(VARIANT_IMAGES) == set(train.VARIANTS)
+    assert set(VARIANT_IMAGES) == set(VARIANTS)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANT_IMAGES))
 def test_each_variant_draws_what_it_can(variant: str, device: str, tiny_mnist_dir: Path, tmp_path: Path) -> None:
     train.train(
-        train.parse_args(train_argv(tiny_mnist_dir, tmp_path, variant, "none", "--max-epochs", "1", device=device))
+        cli.parse_args(train_argv(tiny_mnist_dir, tmp_path, variant, "none", "--max-epochs", "1", device=device))
     )
     assert png_files(tmp_path / f"{variant}-run") == expected_pngs(VARIANT_IMAGES[variant], epochs=1)
 

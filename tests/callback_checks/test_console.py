@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-from trainers import make_trainer
 
 from aae_lightning import get_variant
 from callbacks.progress import EpochLines, MetricsProgressBar, progress_callbacks
 from datamodules import MNISTDataModule
+from tests.helpers import REPO_ROOT, make_trainer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
 #: a line of the warnings module (`x.py:12: UserWarning: ...`, or Lightning's own `x.py:12: ...`), the source line
 #: it quotes (`warnings.warn(...)`), or a library's own warning (`wandb: WARNING ...`)

@@ -10,24 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainers import TINY_FLAGS
 
 from aae_lightning import VARIANTS
 from datamodules.mnist import _EpochBatches
+from tests.helpers import REPO_ROOT, TINY_FLAGS, json_lines
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+#: the programs the DDP runs start (Lightning re-runs the launching script for rank 1)
+SCRIPTS = REPO_ROOT / "tests" / "scripts"
 
 
 def run(args: list[str], expect_code: int = 0, timeout: float = 600) -> subprocess.CompletedProcess:
     process = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     assert process.returncode == expect_code, process.stderr[-4000:]
     return process
-
-
-def json_lines(stdout: str, start: str = "{") -> list[dict]:
-    """The lines of `stdout` that begin with `start`, each parsed as JSON."""
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith(start)]
 
 
 def test_every_variant_trains_under_ddp_with_replicas_in_sync(tiny_mnist_dir: Path) -> None:
@@ -53,10 +48,9 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(tiny_mnist_dir: 
     )
     results = sorted(json_lines(process.stdout), key=lambda result: result["rank"])
     assert [result["rank"] for result in results] == [0, 1], process.stdout
-    assert results[1]["error"].startswith("reconstruction loss is nan at epoch 0, batch 1;"), results
-    assert results[0]["error"].startswith(
-        "reconstruction loss is not finite on another process at epoch 0, batch 1;"
-    ), results
+    # the flag travels with the gradients: every rank knows, and says the same
+    for result in results:
+        assert result["error"].startswith("reconstruction loss is not finite at epoch 0, batch 1;"), results
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_mnist_dir: Path, tmp_path: Path) -> None:

@@ -3,27 +3,17 @@ GPU check refuses a machine without CUDA in one line."""
 
 from __future__ import annotations
 
-import importlib.util
+import gzip
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
-from trainers import TINY_FLAGS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import REPO_ROOT, TINY_FLAGS, load_benchmark
 
 
 def test_throughput_prints_one_consistent_row_per_variant(mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,11 +35,16 @@ def test_throughput_prints_one_consistent_row_per_variant(mnist_dir: Path, capsy
                 "1",
                 "--threads",
                 "1",
+                "--precision",
+                "32-true",
+                "bf16-mixed",
             ]
         )
     finally:
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.splitlines()
+    by_precision = lines.index(next(line for line in lines if line.startswith("The Lightning loop by precision")))
+    lines, precision_lines = lines[:by_precision], lines[by_precision:]
     header = next(line for line in lines if line.startswith("| variant"))
     assert [cell.strip() for cell in header.strip("|").split("|")][1:4] == [
         "Lightning steps/s",
@@ -71,6 +66,24 @@ def test_throughput_prints_one_consistent_row_per_variant(mnist_dir: Path, capsy
         assert ratios[0] == pytest.approx(lightning / plain, abs=0.01)
         assert ratios[2] == pytest.approx(bare / plain, abs=0.01)
         assert ratios[3] == pytest.approx(lightning / bare, abs=0.01)
+    # the Lightning loop once more per precision, the first one (32-true) the reference
+    precision_rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in precision_lines
+        if line.startswith("| ") and not line.startswith("| variant")
+    ]
+    assert [(row[0], row[1]) for row in precision_rows] == [
+        ("ae", "32-true"),
+        ("ae", "bf16-mixed"),
+        ("semi", "32-true"),
+        ("semi", "bf16-mixed"),
+    ]
+    for variant, precision, rate, ratio in precision_rows:
+        assert float(rate) > 0
+        reference = next(float(row[2]) for row in precision_rows if row[0] == variant and row[1] == "32-true")
+        assert float(ratio.rstrip("x")) == pytest.approx(float(rate) / reference, abs=0.02)
+        if precision == "32-true":
+            assert float(rate) == pytest.approx(float(rows[variant][0]), abs=0.01)
 
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
@@ -88,18 +101,36 @@ def test_throughput_on_a_gpu_without_one_is_one_line_and_exit_2(
     assert error.count("\n") == 1 and f"--accelerator {accelerator} needs a CUDA device" in error, error
 
 
-@NO_CUDA
-def test_gpu_check_without_cuda_is_one_line_and_exit_2() -> None:
-    result = subprocess.run(
-        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")],
+def gpu_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHON": sys.executable},
         timeout=120,
     )
+
+
+def test_gpu_check_needs_the_mnist_folder(tmp_path: Path) -> None:
+    assert gpu_check().returncode == 2
+    missing = gpu_check(str(tmp_path))
+    assert missing.returncode == 2 and "train-images-idx3-ubyte (or train-images-idx3-ubyte.gz) is missing" in (
+        missing.stderr
+    )
+
+
+@NO_CUDA
+def test_gpu_check_unpacks_gzipped_mnist_then_needs_cuda(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (tiny_mnist_dir / "MNIST" / "raw").iterdir():
+        (raw / f"{source.name}.gz").write_bytes(gzip.compress(source.read_bytes()))
+    result = gpu_check(str(tmp_path))
     assert result.returncode == 2
     assert result.stderr == "gpu_check.sh needs a CUDA device; torch.cuda.is_available() is False here\n"
     assert result.stdout == ""
+    for source in (tiny_mnist_dir / "MNIST" / "raw").iterdir():
+        assert (raw / source.name).read_bytes() == source.read_bytes()
 
 
 PLOT_CASES = {

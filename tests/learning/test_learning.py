@@ -14,11 +14,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from trainers import make_trainer
 
 from aae_lightning import get_variant
 from aae_lightning.base import AutoencoderBase
 from datamodules.mnist import MNISTDataModule
+from tests.helpers import make_trainer
 
 #: batches per comparison run of `ae` and `aae` (an epoch is 500)
 CODE_BATCHES = 300

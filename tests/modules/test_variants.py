@@ -1,19 +1,29 @@
-"""The paper's training options, shared by every variant: half squared-error reconstruction, a momentum of its
-own for the adversarial phases; and the presets that reproduce Table 2."""
+"""Each variant's model, built and trained in this process: the clustering, dimensionality-reduction and
+label-regularized variants train a few batches on tiny MNIST files with every phase moving its own networks; and
+the paper's training options every variant shares (half squared-error reconstruction, a momentum of its own for
+the adversarial phases, init_std, noise on the discriminators' input, labeled reconstruction, class balance, a
+Gaussian posterior) act where they should, seen through a model's phases on a batch of random images."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
-import train
-from aae_lightning import get_variant
+from aae_lightning import AutoencoderBase, get_variant
 from aae_lightning.errors import UserError
+from aae_lightning.label_regularized import UNLABELED, nearest_component
 from aae_lightning.semi import class_imbalance
+from datamodules import MNISTDataModule
+from tests.helpers import phase_momenta
 
+#: the networks of the variants trained a few batches
+SMALL = {"hidden_sizes": (32, 32), "disc_hidden_sizes": (16,)}
+NEW_VARIANTS = ("clustering", "dimreduction", "label_regularized")
+#: the networks of the models the options are checked on, which only step a phase or two
 TINY = {"hidden_sizes": (16, 16), "disc_hidden_sizes": (8,)}
 
 
@@ -23,14 +33,150 @@ def tiny(variant: str, **hparams):
     return get_variant(variant)(**sizes, **hparams)
 
 
-def phase_momenta(model) -> dict[str, float]:
-    momenta = {}
-    for phase, optimizer in zip(model.phases, model.configure_optimizers(), strict=True):
-        group = optimizer.param_groups[0]
-        momenta[phase] = group["betas"][0] if "betas" in group else group["momentum"]
-    return momenta
+# ----- the clustering, dimensionality-reduction and label-regularized variants -------------------------------------
+def fit_a_few_batches(model: AutoencoderBase, data_dir: Path, batches: int = 3) -> pl.Trainer:
+    datamodule = MNISTDataModule(
+        data_dir=str(data_dir),
+        num_labels=100,
+        val_size=100,
+        batch_size=50,
+        download=False,
+        train_streams=model.train_streams,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
 
 
+@pytest.mark.parametrize(
+    ("variant", "options"),
+    [
+        *((variant, {}) for variant in NEW_VARIANTS),
+        # the paper's semi-supervised training scheme, which the dimensionality-reduction preset uses
+        ("dimreduction", {"reconstruction_loss": "half_sse", "optimizer": "sgd", "adversarial_momentum": 0.1}),
+    ],
+    ids=[*NEW_VARIANTS, "dimreduction-paper-sgd"],
+)
+def test_variant_trains_and_every_phase_moves_its_own_networks(
+    variant: str, options: dict, tiny_mnist_dir: Path
+) -> None:
+    torch.manual_seed(0)
+    model = get_variant(variant)(**SMALL, **options)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = fit_a_few_batches(model, tiny_mnist_dir)
+    changed = {name.split(".")[0] for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    owners = {module for phase in model.phases for module in model.phase_modules[phase]}
+    assert changed == owners
+    metrics = trainer.callback_metrics
+    assert model.monitor[0] in metrics
+    assert all(torch.isfinite(value) for name, value in metrics.items() if name.startswith(("train/", "val/")))
+
+
+def test_clustering_has_k_clusters_and_never_sees_a_label(tiny_mnist_dir: Path) -> None:
+    model = get_variant("clustering")(num_clusters=30, **SMALL)
+    assert model.phases == ("reconstruction", "regularization", "generator")
+    assert model.train_streams == ("unlabeled",)
+    assert "acc" not in model.monitor[0] and "cluster" not in model.monitor[0]
+    assert model.encoder.heads["y"].out_features == 30 and model.priors["y"].dim == 30
+    # every phase runs on a batch without labels
+    batch = {"x": torch.rand(8, 784)}
+    for phase in model.phases:
+        loss, _ = getattr(model, f"{phase}_phase")(batch)
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(("variant", "metric"), [("clustering", "val/cluster_acc"), ("semi", "val/acc")])
+def test_the_papers_clustering_encoder_extras_train(tiny_mnist_dir: Path, variant: str, metric: str) -> None:
+    model = get_variant(variant)(input_dropout=0.2, encoder_batchnorm=True, **SMALL)
+    kinds = [type(layer).__name__ for layer in model.encoder.trunk]
+    assert kinds[0] == "Dropout" and kinds.count("BatchNorm1d") == 2
+    assert all(type(head[-1]).__name__ == "BatchNorm1d" for head in model.encoder.heads.values())
+    trainer = fit_a_few_batches(model, tiny_mnist_dir)
+    assert 0 <= trainer.callback_metrics[metric] <= 1
+
+
+def test_no_head_batchnorm_normalizes_the_trunk_alone() -> None:
+    model = get_variant("clustering")(encoder_batchnorm=True, head_batchnorm=False, **SMALL)
+    assert [type(layer).__name__ for layer in model.encoder.trunk].count("BatchNorm1d") == 2
+    assert all(type(head).__name__ == "Linear" for head in model.encoder.heads.values())
+
+
+def test_dimreduction_decodes_from_cluster_head_plus_style() -> None:
+    model = get_variant("dimreduction")(**SMALL)
+    assert model.decoder.net[0].in_features == 2
+    codes = {"y": torch.tensor([[50.0] + [0.0] * 9]), "z": torch.tensor([[0.5, -1.0]])}
+    # a confident class-0 code lands on head 0, shifted by the style
+    expected = model.cluster_heads.weight[:, 0] + codes["z"][0]
+    torch.testing.assert_close(model.decoder_input(codes, None)[0], expected, atol=1e-6, rtol=0)
+    # a given label selects its head exactly
+    torch.testing.assert_close(
+        model.decoder_input({"z": torch.zeros(1, 2)}, torch.tensor([3]))[0], model.cluster_heads.weight[:, 3]
+    )
+
+
+def test_dimreduction_head_penalty_is_the_hinge_on_pairwise_distances() -> None:
+    model = get_variant("dimreduction")(head_distance=2.0, **SMALL)
+    with torch.no_grad():
+        model.cluster_heads.weight.copy_(torch.stack([torch.arange(10.0) * 10, torch.zeros(10)]))
+        model.cluster_heads.weight[:, 1] = torch.tensor([0.5, 0.0])  # 0.5 from head 0, 9.5 from head 2
+    assert model.head_penalty().item() == pytest.approx(2.0 - 0.5)
+    model.head_penalty().backward()
+    grad = model.cluster_heads.weight.grad
+    # descending the gradient pushes heads 0 and 1 apart along x, and leaves the others alone
+    assert grad[0, 0] > 0 and grad[0, 1] < 0
+    assert torch.count_nonzero(grad[:, 2:]) == 0
+
+
+@pytest.mark.parametrize("head_gradient", ["reconstruction", "penalty"])
+def test_dimreduction_heads_take_the_reconstruction_gradient_only_when_asked(head_gradient: str) -> None:
+    model = get_variant("dimreduction")(head_gradient=head_gradient, **SMALL)
+    batch = {"x": torch.rand(8, 784)}
+    loss, _ = model.reconstruction_phase(batch)
+    loss.backward()
+    whole = model.cluster_heads.weight.grad.clone()
+    model.zero_grad()
+    (model.config.head_penalty * model.head_penalty()).backward()
+    penalty_only = model.cluster_heads.weight.grad
+    if head_gradient == "penalty":
+        torch.testing.assert_close(whole, penalty_only)
+    else:
+        assert not torch.allclose(whole, penalty_only)
+
+
+def test_label_regularized_pairs_codes_and_prior_samples_with_label_slots() -> None:
+    model = get_variant("label_regularized")(**SMALL)
+    model.prior_generator.manual_seed(0)
+    labels = torch.arange(10).repeat(20)
+    batch = {"x": torch.rand(50, 784), "labeled_x": torch.rand(200, 784), "labeled_y": labels}
+    fakes = model.regularized_codes(batch)["z"]
+    reals = model.prior_samples(batch, {"z": fakes})["z"]
+    assert fakes.shape == reals.shape == (250, 13)
+    for codes in (fakes, reals):
+        slots = codes[:, 2:].argmax(dim=1)
+        assert (slots[:50] == UNLABELED).all() and torch.equal(slots[50:], labels)
+        assert torch.equal(codes[:, 2:].sum(dim=1), torch.ones(250))
+    # a labeled image's real sample comes from its digit's component; unlabeled ones from all of them
+    # (near the origin the petals meet, so a sample there may point to a neighbour)
+    assert (nearest_component(reals[50:, :2]) == labels).float().mean() > 0.97
+    assert len(nearest_component(reals[:50, :2]).unique()) > 5
+
+
+def test_nearest_component_reads_the_digit_off_the_angle() -> None:
+    angles = 2 * math.pi * torch.arange(10) / 10 + 0.2
+    z = 3 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    assert torch.equal(nearest_component(z), torch.arange(10))
+
+
+# ----- the paper's training options ---------------------------------------------------------------------------------
 ADVERSARIAL_PHASES = ("regularization", "generator")
 
 
@@ -65,35 +211,6 @@ def test_half_sse_is_half_the_squared_error_of_the_sigmoid_output_summed_over_pi
 def test_an_unknown_reconstruction_loss_is_a_user_error(variant: str) -> None:
     with pytest.raises(UserError, match="--reconstruction-loss 'l1'"):
         tiny(variant, reconstruction_loss="l1")
-
-
-@pytest.mark.parametrize(
-    "preset", [f"{schedule}-semi-{labels}" for schedule in ("paper", "fast") for labels in ("100", "1000", "all")]
-)
-def test_semi_presets_build_the_papers_model(preset: str) -> None:
-    args = train.parse_args(["--preset", preset])
-    model = get_variant(args.variant)(**train.model_hparams(args))
-    assert args.variant == "semi" and args.labels == train.label_count(preset.rsplit("-", 1)[1])
-    defaults = get_variant("semi").Hparams()
-    # one recipe: a preset differs from semi's defaults at most in its schedule
-    assert {
-        name for name in dataclasses.asdict(defaults) if getattr(model.config, name) != getattr(defaults, name)
-    } <= {"lr_milestones"}
-    assert model.config.init_std == 0.01
-    assert phase_momenta(model) == {
-        "reconstruction": 0.9,
-        "regularization": 0.1,
-        "generator": 0.1,
-        "classification": 0.9,
-    }
-    assert model.config.input_noise == 0.3 and model.config.reconstruction_loss == "half_sse"
-    assert model.config.latent_dim == 10 and model.priors["z"].std == 1.0
-    assert [group["lr"] for optimizer in model.configure_optimizers() for group in optimizer.param_groups] == [
-        0.01,
-        0.1,
-        0.1,
-        0.1,
-    ]
 
 
 def linear_layers(*networks: torch.nn.Module) -> list[torch.nn.Linear]:
@@ -216,64 +333,3 @@ def test_a_gaussian_posterior_is_an_option_of_the_unsupervised_aae_only() -> Non
         tiny("semi", posterior="gaussian")
     with pytest.raises(UserError, match="posterior"):
         tiny("aae", posterior="universal")
-
-
-@pytest.mark.parametrize("preset", train.preset_names())
-def test_every_preset_names_only_hyperparameters_its_variant_accepts(preset: str) -> None:
-    args = train.parse_args(["--preset", preset])
-    assert train.model_hparams(args)  # raises on a flag the variant lacks or a value its declaration refuses
-
-
-def test_a_preset_holds_what_differs_from_its_base_and_its_own_values_win(tmp_path) -> None:
-    (tmp_path / "narrow.yaml").write_text("base: paper-clustering-30\nhidden_sizes: [100, 100]\nmax_epochs: 3\n")
-    (tmp_path / "narrower.yaml").write_text("base: narrow.yaml\nmax_epochs: 2\n")
-    paper = train.load_preset("paper-clustering-30")
-    narrower = train.load_preset(str(tmp_path / "narrower.yaml"))
-    assert "base" not in narrower
-    assert narrower == {**paper, "hidden_sizes": [100, 100], "max_epochs": 2}
-    # through the command line a flag still wins over both
-    args = train.parse_args(["--preset", str(tmp_path / "narrower.yaml"), "--max-epochs", "7"])
-    assert (args.max_epochs, args.hidden_sizes, args.num_clusters) == (7, [100, 100], 30)
-
-
-@pytest.mark.parametrize(
-    "files, message",
-    [
-        ({"loop.yaml": "base: loop.yaml\n"}, "its own base"),
-        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\nmax_epochs: 1\n"}, "its own base"),
-        ({"a.yaml": "base: no-such-preset\n"}, "no-such-preset"),
-        ({"a.yaml": "base: [paper-semi-100]\n"}, "base must be a preset's name"),
-    ],
-)
-def test_a_preset_base_that_cannot_be_resolved_is_refused(tmp_path, files: dict[str, str], message: str) -> None:
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    with pytest.raises(UserError, match=message):
-        train.load_preset(str(tmp_path / next(iter(files))))
-
-
-def own_settings(preset: str) -> dict:
-    """What a preset's own file sets, before its base is merged in."""
-    import yaml
-
-    return yaml.safe_load((train.PRESET_DIR / f"{preset}.yaml").read_text())
-
-
-@pytest.mark.parametrize("preset", [name for name in train.preset_names() if name.startswith("fast-")])
-def test_every_cpu_budget_preset_names_the_paper_preset_it_departs_from(preset: str) -> None:
-    own = own_settings(preset)
-    assert own["base"] == "paper-" + preset.removeprefix("fast-")
-    assert "variant" not in own  # the experiment is the paper's; only the budget differs
-
-
-@pytest.mark.parametrize(
-    "preset",
-    [name for name in train.preset_names() if name.startswith("fast-") and "lr_milestones" in own_settings(name)],
-)
-def test_a_cpu_budget_schedule_drops_its_rates_before_it_ends(preset: str) -> None:
-    """A budget preset that sets its own milestones compresses the paper's schedule: a milestone at or past its
-    last epoch would leave a drop that never happens (the paper's 50 and 1000 inherited into 60 epochs, say)."""
-    own = own_settings(preset)
-    resolved = train.load_preset(preset)
-    assert resolved["lr_milestones"] == own["lr_milestones"]
-    assert all(0 < milestone < resolved["max_epochs"] for milestone in resolved["lr_milestones"])

@@ -105,8 +105,10 @@ ADVERSARIAL_VARIANTS = sorted(set(VARIANTS) - {"ae"})
 
 @pytest.mark.parametrize("variant", ADVERSARIAL_VARIANTS)
 def test_a_modules_prior_samples_reach_its_device_and_do_not_depend_on_it(variant: str, device: str) -> None:
-    """Priors sample on the CPU from the module's generator, so a run draws the same samples on any device; the
-    module moves them to the codes' device (the label-regularized one pairs them with the batch's labels)."""
+    """Outside training (no `setup` has put the generator on a device) priors sample on the CPU from the module's
+    generator, so a notebook draws the same samples on any device; the module moves them to the codes' device (the
+    label-regularized one pairs them with the batch's labels). In training they are drawn on the device itself
+    (modules/test_gpu_step.py)."""
     batch = {"x": torch.rand(6, 784), "labeled_x": torch.rand(4, 784), "labeled_y": torch.arange(4)}
 
     def samples_on(where: str) -> dict[str, torch.Tensor]:

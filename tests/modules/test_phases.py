@@ -19,11 +19,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor
-from trainers import make_trainer
 
 from aae_lightning import VARIANTS, NonFiniteLossError, get_variant
 from aae_lightning.base import AutoencoderBase
-from datamodules.mnist import MNISTDataModule
+from tests import helpers
+from tests.helpers import make_trainer, tiny_datamodule
 
 SMALL = {"hidden_sizes": (32, 24), "disc_hidden_sizes": (16,), "dropout": 0.2, "input_noise": 0.1}
 PAPER_VARIANTS = ("ae", "aae", "supervised", "semi")
@@ -31,15 +31,8 @@ NETWORKS = ("encoder", "decoder", "discriminators")
 
 
 def small_model(name: str, **overrides: Any) -> AutoencoderBase:
-    cls = get_variant(name)
-    known = {f for f in cls.Hparams.__dataclass_fields__}
-    return cls(**{key: value for key, value in {**SMALL, **overrides}.items() if key in known})
-
-
-def tiny_datamodule(data_dir: Path, model: AutoencoderBase) -> MNISTDataModule:
-    return MNISTDataModule(
-        str(data_dir), num_labels=100, val_size=100, batch_size=20, download=False, train_streams=model.train_streams
-    )
+    """With dropout and input noise: the phases' train and eval modes make a difference."""
+    return helpers.small_model(name, **{**SMALL, **overrides})
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -225,21 +218,47 @@ def assert_unchanged(before: dict[str, Tensor], model: torch.nn.Module, prefix: 
             assert torch.allclose(before[name], parameter.detach(), equal_nan=True, rtol=0, atol=0), name
 
 
+def assert_finite_except(model: torch.nn.Module, poisoned: str) -> None:
+    for name, parameter in model.named_parameters():
+        if name != poisoned:
+            assert torch.isfinite(parameter).all(), f"{name} caught the NaN"
+
+
 @pytest.mark.parametrize("variant", PAPER_VARIANTS)
-def test_a_nan_loss_stops_training_before_any_parameter_moves(variant: str, device: str, tiny_mnist_dir: Path) -> None:
+def test_a_nan_loss_never_moves_a_parameter_and_stops_training(variant: str, device: str, tiny_mnist_dir: Path) -> None:
+    """The NaN phase's steps are skipped on the device; training stops at the next check (here the epoch's end)
+    with the phase and the batch named. Later phases with finite losses may step meanwhile."""
     model = small_model(variant)
     last_layer = [name for name, _ in model.decoder.named_parameters()][-1]
     injector = InjectNaN(f"decoder.{last_layer}", batch=2)
-    with pytest.raises(NonFiniteLossError, match=r"^reconstruction loss is nan at epoch 0, batch 2;"):
+    with pytest.raises(NonFiniteLossError, match=r"^reconstruction loss is not finite at epoch 0, batch 2;"):
         make_trainer(4, callbacks=[injector], accelerator=device).fit(model, tiny_datamodule(tiny_mnist_dir, model))
     assert injector.at_injection, "the NaN was never injected"
-    assert_unchanged(injector.at_injection, model)
+    assert_unchanged(injector.at_injection, model, prefix="decoder.")  # only the reconstruction phase moves it
+    assert_finite_except(model, f"decoder.{last_layer}")
+
+
+def test_a_logged_batch_stops_training_at_once(tiny_mnist_dir: Path) -> None:
+    """On a batch whose losses are logged the host reads the device anyway: the check runs there."""
+    model = small_model("aae")
+    injector = InjectNaN("discriminators.z.net.0.bias", batch=1)
+    stopped_at: list[int] = []
+
+    class RecordBatches(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            stopped_at.append(args[-1])
+
+    with pytest.raises(NonFiniteLossError, match=r"^regularization loss is not finite at epoch 0, batch 1;"):
+        make_trainer(4, callbacks=[injector, RecordBatches()], log_every_n_steps=2).fit(
+            model, tiny_datamodule(tiny_mnist_dir, model)
+        )
+    assert stopped_at == [0], stopped_at  # batch 1 (the second, a logged one) never finished
 
 
 def test_a_nan_in_a_later_phase_leaves_that_phase_untouched(device: str, tiny_mnist_dir: Path) -> None:
     model = small_model("aae")
     injector = InjectNaN("discriminators.z.net.0.bias", batch=1)
-    with pytest.raises(NonFiniteLossError, match=r"^regularization loss is nan at epoch 0, batch 1;"):
+    with pytest.raises(NonFiniteLossError, match=r"^regularization loss is not finite at epoch 0, batch 1;"):
         make_trainer(4, callbacks=[injector], accelerator=device).fit(model, tiny_datamodule(tiny_mnist_dir, model))
     # reconstruction ran before the NaN phase; the discriminator, whose loss was NaN, never stepped
     assert_unchanged(injector.at_injection, model, prefix="discriminators.")

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainers import TINY_FLAGS
 
 import evaluate
 import train
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT, TINY_FLAGS, make_fake_mnist
 
 PARZEN_FLAGS = ["--parzen-samples", "300", "--parzen-val-size", "40", "--parzen-test-size", "60"]
 
@@ -173,7 +172,5 @@ def test_refuses_a_checkpoint_it_cannot_evaluate(
 def test_refuses_data_that_does_not_give_the_checkpoints_split(
     checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.conftest import make_fake_mnist
-
     other = make_fake_mnist(tmp_path / "other", seed=1)  # other labels: the balanced labeled draw differs
     assert "different split" in refused(["--ckpt", str(checkpoints["semi"]), "--data-dir", str(other)], capsys)

@@ -23,8 +23,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import train
 from aae_lightning.checkpoint_io import load_trained
+from tests.helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("01_latent_space", "02_style_and_content", "03_semi_supervised", "04_generation_and_anomalies")
 RUNS = [

@@ -1,0 +1,1 @@
+"""Callbacks, and what a run prints on the console."""

@@ -1,0 +1,1 @@
+"""What the variants learn on the real MNIST."""

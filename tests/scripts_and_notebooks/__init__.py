@@ -1,0 +1,1 @@
+"""The notebooks, and the scripts in benchmarks/."""
