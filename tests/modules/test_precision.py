@@ -40,7 +40,7 @@ def trains_in(precision: str, variant: str) -> bool:
 @pytest.mark.parametrize("precision", CPU_PRECISIONS)
 def test_every_variant_trains_under_every_cpu_precision(variant: str, precision: str, tiny_mnist_dir: Path) -> None:
     if not trains_in(precision, variant):
-        pytest.skip(f"{variant} with {precision} is refused by train.py (test_adam_in_float16_weights_is_refused_and_sgd_is_not)")
+        pytest.skip(f"train.py refuses {variant} with {precision} (see test_adam_in_float16_weights_is_refused...)")
     torch.manual_seed(0)
     model = small_model(variant)
     before = [p.detach().clone() for p in model.parameters()]
