@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
@@ -42,7 +43,7 @@ from aae_lightning.hparams import (
     probability,
 )
 from aae_lightning.priors import Prior
-from datamodules import IMAGE_SIZE as IMAGE_DIM
+from datamodules import IMAGE_SIZE
 
 RECONSTRUCTION_LOSSES = ("bce", "half_sse")
 OPTIMIZERS = ("adam", "sgd")
@@ -163,7 +164,8 @@ class AutoencoderBase(pl.LightningModule):
             for network in (self.encoder, self.decoder, self.discriminators):
                 initialise_linear_layers(network, self.config.init_std)
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict(self.make_metrics()) for stage in ("val", "test")})
-        # made on first use: a torch.Generator cannot travel to the processes `ddp_spawn` starts
+        # made on first use: torch.multiprocessing cannot hand a torch.Generator's state to the processes
+        # `ddp_spawn` starts ("unable to resize file")
         self._prior_generator: torch.Generator | None = None
         self._first_nonfinite: Tensor | None = None  # per phase, the first batch whose loss was not finite (-1: none)
         self._epoch_sums: dict[str, Tensor] = {}  # this epoch's training losses times batch sizes, by name
@@ -182,7 +184,7 @@ class AutoencoderBase(pl.LightningModule):
         encoder has besides (the clustering encoder's input dropout and batch normalization, see `Encoder`)."""
         config = self.config
         return encoder_class(
-            IMAGE_DIM,
+            IMAGE_SIZE,
             config.hidden_sizes,
             heads,
             dropout=config.dropout,
@@ -192,7 +194,7 @@ class AutoencoderBase(pl.LightningModule):
         )
 
     def make_decoder(self, code_dim: int) -> Decoder:
-        return Decoder(code_dim, self.config.hidden_sizes, IMAGE_DIM, self.config.dropout, self.config.hidden_dropout)
+        return Decoder(code_dim, self.config.hidden_sizes, IMAGE_SIZE, self.config.dropout, self.config.hidden_dropout)
 
     def add_adversary(self, name: str, prior: Prior, input_dim: int | None = None) -> None:
         """Regularize the code `name` towards `prior` with a discriminator of its own."""
@@ -271,8 +273,7 @@ class AutoencoderBase(pl.LightningModule):
         """The generator of the prior samples the discriminators see as real: on the CPU, seeded by `seed`, until
         `setup` puts one on the training device for this process."""
         if self._prior_generator is None:
-            self._prior_generator = torch.Generator()
-            self._prior_generator.manual_seed(self.config.seed * 1_000)
+            self.place_prior_generator("cpu")
         return self._prior_generator
 
     def sample_prior(self, name: str, n: int) -> Tensor:
@@ -339,16 +340,27 @@ class AutoencoderBase(pl.LightningModule):
         # times the fused one
         if self.config.optimizer == "adam":
             return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), fused=True)
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)  # the one other --optimizer allowed
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)  # the one other --optimizer allowed
+        if momentum > 0:
+            # Fused SGD allocates its momentum buffers on the first step and fills them in the kernel, which a
+            # skipped step (`found_inf`) never runs: zeros up front give the same first step, and a defined one
+            # after a skipped first step.
+            for parameter in params:
+                optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+        return optimizer
 
     def setup(self, stage: str) -> None:
         # The same --seed on every rank, yet each rank draws its own prior samples, input noise and dropout. Rank 0
-        # keeps the streams a single-process run has, so one process trains exactly as before.
-        rank = self.global_rank
-        self._prior_generator = torch.Generator(self.trainer.strategy.root_device)
+        # keeps the streams of a single-process run, so adding processes leaves rank 0's draws as they are.
+        self.place_prior_generator(self.trainer.strategy.root_device, self.global_rank)
+        if self.global_rank > 0:
+            torch.manual_seed(rank_seed(self.config.seed, self.global_rank))
+
+    def place_prior_generator(self, device: torch.device | str, rank: int = 0) -> None:
+        """Draw the prior samples on `device` from now on (no copy from the host per phase on a GPU), from a
+        generator seeded by `seed` and the process's `rank`."""
+        self._prior_generator = torch.Generator(device)
         self._prior_generator.manual_seed(self.config.seed * 1_000 + rank)
-        if rank > 0:
-            torch.manual_seed(rank_seed(self.config.seed, rank))
 
     def on_train_start(self) -> None:
         self._first_nonfinite = None
@@ -391,8 +403,8 @@ class AutoencoderBase(pl.LightningModule):
             loss, phase_logs = getattr(self, f"{phase}_phase")(batch)
             optimizer.zero_grad(set_to_none=True)
             # Each phase averages its own optimizer's gradients over the processes (`_reduce_gradients`); DDP's
-            # hooks would all-reduce every gradient bucket after each phase's backward pass, about four times the
-            # traffic, and wait for the gradients of parameters the phase leaves unused.
+            # hooks would all-reduce every gradient bucket after each phase's backward pass, more than twice the
+            # traffic (docs/speed.md), and wait for the gradients of parameters the phase leaves unused.
             with self._without_ddp_gradient_sync():
                 self.manual_backward(loss)
             self._skip_step_unless_finite(optimizer, index, loss, batch_idx)
@@ -430,7 +442,9 @@ class AutoencoderBase(pl.LightningModule):
         phase's own parameters travel: a phase's optimizer owns a part of the model."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         flat = torch.cat([*(grad.reshape(-1) for grad in grads), nonfinite.reshape(1).to(grads[0].dtype)])
-        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        # torch's all-reduce itself: Lightning's `strategy.reduce` puts a barrier before it, a second collective
+        dist.all_reduce(flat)
+        flat /= self.trainer.world_size
         for grad, reduced in zip(grads, flat[:-1].split([grad.numel() for grad in grads]), strict=True):
             grad.copy_(reduced.view_as(grad))
         return (flat[-1] > 0).to(torch.float32)
@@ -513,7 +527,7 @@ class AutoencoderBase(pl.LightningModule):
         mine = {"prior_generator": self.prior_generator.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             mine["cuda"] = torch.cuda.get_rng_state(self.device)
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self.trainer.world_size == 1:
             return [mine]
         # NCCL gathers device tensors only; every process's states have the same shapes
         gathered = {name: self.all_gather(state.to(self.device)).cpu() for name, state in mine.items()}
@@ -539,16 +553,17 @@ class AutoencoderBase(pl.LightningModule):
         # over on the GPU
         torch.set_rng_state(mine["torch"].cpu())
         prior_state = mine["prior_generator"].cpu()
+        # A generator's state fits only a generator of the kind of device that saved it. Outside training the
+        # prior generator is on the CPU, so a GPU run's checkpoint leaves it as seeded; so does resuming a run on
+        # another kind of device, whose samples then restart from --seed.
         if prior_state.numel() == self.prior_generator.get_state().numel():
             self.prior_generator.set_state(prior_state)
-        else:  # saved on another kind of device, whose generator state does not fit this one
-            rank_zero_warn("the prior samples' random state was saved on another kind of device; it restarts")
         cuda = mine.get("cuda")
         if isinstance(cuda, list):  # an older checkpoint: every GPU of the machine that saved it
             for index, state in enumerate(cuda[: torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(state.cpu(), index)
-        elif cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(cuda.cpu(), self.trainer.strategy.root_device if self.trainer else "cuda")
+        elif cuda is not None and self.device.type == "cuda":  # Lightning sets the device before it restores
+            torch.cuda.set_rng_state(cuda.cpu(), self.device)
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -20,15 +20,12 @@ def training_strategy(name: str | None, processes: int) -> str:
     that shards the model or drives the optimizers itself (FSDP, DeepSpeed, ...) is a `UserError`."""
     if name is None:
         return "ddp" if processes > 1 else "auto"
-    from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, StrategyRegistry
-
-    if name in StrategyRegistry:
-        strategy_class = StrategyRegistry[name]["strategy"]
-        if issubclass(strategy_class, (DDPStrategy, SingleDeviceStrategy)) and not issubclass(
-            strategy_class, DeepSpeedStrategy
-        ):
-            return name
     if name == "auto":
+        return name
+    from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy, StrategyRegistry
+
+    # the classes themselves: DeepSpeed's and XLA's strategies derive from these but run the model their own way
+    if name in StrategyRegistry and StrategyRegistry[name]["strategy"] in (DDPStrategy, SingleDeviceStrategy):
         return name
     raise UserError(
         f"--strategy {name} is not one this codebase trains with: its phases step one optimizer each on a whole "

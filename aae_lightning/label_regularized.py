@@ -24,9 +24,9 @@ from aae_lightning.base import AdversarialHparams, AutoencoderBase
 from aae_lightning.hparams import Range, hparam, positive
 from aae_lightning.priors import MixtureOfGaussiansPrior
 from aae_lightning.registry import register
-from datamodules import NUM_CLASSES as NUM_DIGITS
+from datamodules import NUM_CLASSES
 
-UNLABELED = NUM_DIGITS  # the index of the extra label slot
+UNLABELED = NUM_CLASSES  # the index of the extra label slot
 
 
 @dataclass
@@ -49,9 +49,9 @@ class LabelRegularizedAAE(AutoencoderBase):
         super().build()
         config = self.config
         prior = MixtureOfGaussiansPrior(
-            NUM_DIGITS, config.mixture_radius, config.mixture_radial_std, config.mixture_tangential_std
+            NUM_CLASSES, config.mixture_radius, config.mixture_radial_std, config.mixture_tangential_std
         )
-        self.add_adversary("z", prior, input_dim=prior.dim + NUM_DIGITS + 1)
+        self.add_adversary("z", prior, input_dim=prior.dim + NUM_CLASSES + 1)
 
     def training_images(self, batch: dict[str, Tensor]) -> Tensor:
         return torch.cat([batch["x"], batch["labeled_x"]])
@@ -63,25 +63,25 @@ class LabelRegularizedAAE(AutoencoderBase):
 
     def regularized_codes(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         z = self.encoder(self.training_images(batch))["z"]
-        return {"z": torch.cat([z, F.one_hot(self.label_slots(batch), NUM_DIGITS + 1).to(z.dtype)], dim=1)}
+        return {"z": torch.cat([z, F.one_hot(self.label_slots(batch), NUM_CLASSES + 1).to(z.dtype)], dim=1)}
 
     def prior_samples(self, batch: dict[str, Tensor], codes: dict[str, Tensor]) -> dict[str, Tensor]:
         # drawn where the prior generator lives (the training device): no round trip through the host
         generator = self.prior_generator
         slots = self.label_slots(batch).to(generator.device)
-        anywhere = torch.randint(NUM_DIGITS, slots.shape, generator=generator, device=generator.device)
+        anywhere = torch.randint(NUM_CLASSES, slots.shape, generator=generator, device=generator.device)
         components = torch.where(slots == UNLABELED, anywhere, slots)
         z = self.priors["z"].sample(len(slots), generator=generator, components=components)
-        reals = torch.cat([z, F.one_hot(slots, NUM_DIGITS + 1).float()], dim=1)
+        reals = torch.cat([z, F.one_hot(slots, NUM_CLASSES + 1).float()], dim=1)
         return {"z": reals.to(self.device, self.dtype)}
 
     @torch.no_grad()
     def classify(self, images: Tensor) -> Tensor:
         """One-hot scores of the digit each image's code points to (see `nearest_component`)."""
-        return F.one_hot(nearest_component(self.encode(images)), NUM_DIGITS).float()
+        return F.one_hot(nearest_component(self.encode(images)), NUM_CLASSES).float()
 
     def make_metrics(self) -> dict[str, Metric]:
-        return {**super().make_metrics(), "acc": MulticlassAccuracy(NUM_DIGITS, average="micro")}
+        return {**super().make_metrics(), "acc": MulticlassAccuracy(NUM_CLASSES, average="micro")}
 
     def update_metrics(self, metrics: nn.ModuleDict, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         outputs = super().update_metrics(metrics, images, labels)
@@ -91,5 +91,5 @@ class LabelRegularizedAAE(AutoencoderBase):
 
 def nearest_component(z: Tensor) -> Tensor:
     """The component whose direction is closest to each 2-D code's: component k sits at angle 2 pi k / 10."""
-    step = 2 * math.pi / NUM_DIGITS
-    return torch.round(torch.atan2(z[:, 1], z[:, 0]) / step).long() % NUM_DIGITS
+    step = 2 * math.pi / NUM_CLASSES
+    return torch.round(torch.atan2(z[:, 1], z[:, 0]) / step).long() % NUM_CLASSES

@@ -118,7 +118,7 @@ def read_logged(path: Path, metric: str) -> dict[int, float]:
     with path.open(newline="") as file:
         for row in csv.DictReader(file):
             if row.get(metric):
-                # the epoch may be written as "1.0" (train.py's keep_csv_history reads it the same way); a fresh
+                # the epoch may be written as "1.0" (run_folder.keep_csv_history reads it the same way); a fresh
                 # run validates each epoch once, and should one appear twice its first validation counts
                 values.setdefault(int(float(row["epoch"])), float(row[metric]))
     return values

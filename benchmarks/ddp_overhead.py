@@ -10,8 +10,9 @@ Two ways to average the gradients, same model and batches:
   phases' backward passes (zeros for the parameters a phase leaves unused). The benchmark gets it by a subclass of
   the variant that lets DDP's hooks run and skips its own reduction.
 
-Bytes are counted where they leave: DDP's buckets through a communication hook (`register_comm_hook`), this
-codebase's all-reduce by wrapping `torch.distributed.all_reduce` in this process. Lightning starts the other
+Bytes are counted where they leave, by wrapping `torch.distributed.all_reduce` in this process: this codebase calls
+it, and DDP's buckets go through it by way of a communication hook (`register_comm_hook`) that does DDP's default
+all-reduce. Lightning starts the other
 ranks by re-running this script, so it is a program of its own.
 """
 
@@ -45,18 +46,17 @@ class Traffic:
     def __init__(self) -> None:
         self.bytes = 0
         self.counting = False
-        self._all_reduce = dist.all_reduce
+        self.original_all_reduce = dist.all_reduce
 
     # unannotated: DDP checks a hook's annotations against the classes, and in this file annotations are strings
-    def ddp_hook(self, state, bucket):  # noqa: ANN001, ANN201
-        if self.counting:
-            self.bytes += bucket.buffer().numel() * bucket.buffer().element_size()
+    def ddp_hook(self, state, bucket):
+        """DDP's own all-reduce, made through `torch.distributed.all_reduce`, where `all_reduce` counts it."""
         return allreduce_hook(state, bucket)
 
     def all_reduce(self, tensor: Tensor, *args: Any, **kwargs: Any) -> Any:
         if self.counting:
             self.bytes += tensor.numel() * tensor.element_size()
-        return self._all_reduce(tensor, *args, **kwargs)
+        return self.original_all_reduce(tensor, *args, **kwargs)
 
 
 class Timing(pl.Callback):
@@ -119,7 +119,7 @@ def measure(variant: str, data_dir: str, devices: int, batches: int, ddp_hooks: 
     try:
         trainer.fit(model, datamodule=datamodule)
     finally:
-        dist.all_reduce = traffic._all_reduce
+        dist.all_reduce = traffic.original_all_reduce
     return timing.batches / (time.perf_counter() - timing.started), traffic.bytes / timing.batches
 
 

@@ -176,6 +176,7 @@ def plain_seconds(
     cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int, batches: int
 ) -> tuple[float, float]:
     model = cls().to(device)
+    model.place_prior_generator(device)  # as Lightning's `setup` does: samples drawn where training runs
     model.train()
     losses = plain_phases(model)
     optimizers = {phase: plain_optimizer(model, phase) for phase in model.phases}
@@ -195,6 +196,7 @@ def bare_seconds(
     """This module's own phases, optimizers and freezing, driven by a bare loop: the speed Lightning could reach
     if its bookkeeping cost nothing, so Lightning / bare is Lightning's own cost and bare / plain the ceiling."""
     model = cls().to(device)
+    model.place_prior_generator(device)  # as Lightning's `setup` does: samples drawn where training runs
     model.train()
     optimizers = model.configure_optimizers()
     owned = [{id(p) for group in optimizer.param_groups for p in group["params"]} for optimizer in optimizers]

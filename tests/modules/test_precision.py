@@ -1,4 +1,5 @@
-"""Precision: every precision Lightning accepts on the CPU trains every variant, everything a phase creates
+"""Precision: every precision Lightning accepts on the CPU trains every variant (but 16-true with Adam, which
+train.py refuses), everything a phase creates
 follows the module's dtype, and under mixed precision each phase sees the weights the previous phase's step wrote
 (Lightning from 2.6 on autocasts without a weight cache; setup.cfg requires it)."""
 

@@ -18,7 +18,7 @@ import torch
 from aae_lightning import get_variant
 from aae_lightning.checkpoint_io import ADDED_LATER, AtomicCheckpointIO, check_resumable, temporary_path
 from aae_lightning.errors import UserError
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, small_model
 
 
 # ----- faults: checkpoint writes that fail or are killed ---------------------------------------------------------
@@ -124,3 +124,20 @@ def test_milestones_may_change_on_resuming_only_where_the_checkpoint_has_not_tra
             check_resumable(checkpoint, "e49.ckpt", "aae", {**hparams, "lr_milestones": rewritten}, {})
     with pytest.raises(UserError, match="--lr-gamma"):
         check_resumable(checkpoint, "e49.ckpt", "aae", {**hparams, "lr_milestones": (3, 50), "lr_gamma": 0.5}, {})
+
+
+def test_a_checkpoint_of_the_one_process_format_still_restores_its_random_states() -> None:
+    """Checkpoints written before the random states were kept per rank hold one process's states at the top of
+    `aae_rng` (and the CUDA states of every GPU of the machine as a list)."""
+    model = small_model("aae")
+    before = torch.get_rng_state()
+    try:
+        torch.manual_seed(5)
+        saved = torch.get_rng_state()
+        generator = torch.Generator().manual_seed(11)
+        torch.manual_seed(6)
+        model.on_load_checkpoint({"aae_rng": {"prior_generator": generator.get_state(), "torch": saved, "cuda": []}})
+        assert torch.equal(torch.get_rng_state(), saved)
+        assert torch.equal(model.prior_generator.get_state(), generator.get_state())
+    finally:
+        torch.set_rng_state(before)
