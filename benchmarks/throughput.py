@@ -107,6 +107,14 @@ def lightning_seconds(
     return timer.elapsed
 
 
+def training_model(cls: type[AutoencoderBase], device: torch.device) -> AutoencoderBase:
+    """A fresh module on `device` in training mode, drawing its prior samples there as Lightning's `setup` has it
+    do, for the loops that run without Lightning."""
+    model = cls().to(device)
+    model.place_prior_generator(device)
+    return model.train()
+
+
 def plain_phases(model: AutoencoderBase) -> dict[str, Callable[[dict[str, Tensor]], Tensor]]:
     """Each phase's loss written out the plain way; the variant's own hooks supply only what differs between
     variants (which images, what the decoder gets, which codes are regularized)."""
@@ -175,9 +183,7 @@ def plain_optimizer(model: AutoencoderBase, phase: str) -> torch.optim.Optimizer
 def plain_seconds(
     cls: type[AutoencoderBase], datamodule: MNISTDataModule, device: torch.device, warmup: int, batches: int
 ) -> tuple[float, float]:
-    model = cls().to(device)
-    model.place_prior_generator(device)  # as Lightning's `setup` does: samples drawn where training runs
-    model.train()
+    model = training_model(cls, device)
     losses = plain_phases(model)
     optimizers = {phase: plain_optimizer(model, phase) for phase in model.phases}
 
@@ -195,9 +201,7 @@ def bare_seconds(
 ) -> tuple[float, float]:
     """This module's own phases, optimizers and freezing, driven by a bare loop: the speed Lightning could reach
     if its bookkeeping cost nothing, so Lightning / bare is Lightning's own cost and bare / plain the ceiling."""
-    model = cls().to(device)
-    model.place_prior_generator(device)  # as Lightning's `setup` does: samples drawn where training runs
-    model.train()
+    model = training_model(cls, device)
     optimizers = model.configure_optimizers()
     owned = [{id(p) for group in optimizer.param_groups for p in group["params"]} for optimizer in optimizers]
 
