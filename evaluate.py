@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from aae_lightning import AutoencoderBase, get_variant
-from aae_lightning.checkpoint_io import load_trained, read_checkpoint
+from aae_lightning.checkpoint_io import load_trained, read_checkpoint, weights_held
 from aae_lightning.cli import EXIT_USER_ERROR, OneLineParser, add_parzen_flags, positive_int
 from aae_lightning.console import quiet_console
 from aae_lightning.errors import UserError, first_line
@@ -101,6 +101,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "variant": model.variant_name,
         # Lightning stores the epoch the checkpoint was written in, before its counter moves on
         "epochs_trained": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
+        # the checkpoint's state_dict: a run with --average-weights validated and saved its average there
+        "weights": weights_held(checkpoint),
         "split": datamodule.split.summary(),
     }
     results.update(stage_metrics(model, "val", *datamodule.validation_data()))

@@ -40,6 +40,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from pytorch_lightning.callbacks import ProgressBar
 
     from callbacks.parzen import ParzenLikelihood
+    from callbacks.weight_averaging import weight_averaging
 
     cls = get_variant(args.variant)
     hparams = cli.model_hparams(args)
@@ -49,6 +50,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     pl.seed_everything(args.seed, workers=True, verbose=False)
     model = cls(**hparams)
     cli.check_parzen_flags(args, ParzenLikelihood.unsupported(model))
+    cli.check_averaging_flags(args)
     check_precision(args.precision, model.config.optimizer)
     hardware["sync_batchnorm"] = sync_batchnorm(model, hardware)
     datamodule = MNISTDataModule(
@@ -62,7 +64,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         train_streams=cls.train_streams,
     )
     run_dir, ckpt_path = resolve_run(args)
-    resumed = resumed_epoch(ckpt_path, run_dir, args.variant, dict(model.hparams), dict(datamodule.hparams))
+    averaging = cli.averaging_settings(args)
+    resumed = resumed_epoch(ckpt_path, run_dir, args.variant, dict(model.hparams), dict(datamodule.hparams), averaging)
     if "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
         # Bad data or split settings end here in one line, before Lightning prints its banner. Only a process no
         # launcher started: Lightning's DDP launcher starts the other ranks later, once the files are in place.
@@ -70,7 +73,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         datamodule.setup("fit")
     monitor, mode = (ParzenLikelihood.metric, "max") if args.parzen_every_n_epochs else cls.monitor
     best, last = checkpoint_callbacks(run_dir, monitor, mode, every_n_epochs=args.parzen_every_n_epochs or 1)
-    callbacks = [best, *observers(args), last]
+    # the average after the observers: Lightning calls the callbacks in order, and the images and the Parzen
+    # estimate at the end of validation must see the weights validated, before the average swaps them back out
+    callbacks = [best, *observers(args), *weight_averaging(averaging), last]
     trainer = pl.Trainer(
         **hardware,
         max_epochs=args.max_epochs,

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from aae_lightning.components import Decoder, Discriminator, Encoder
+from aae_lightning.errors import UserError
 from aae_lightning.hparams import (
     DeclaredHparams,
     Either,
@@ -339,6 +340,13 @@ class AutoencoderBase(pl.LightningModule):
         # fused kernels: on a CPU the default per-tensor Adam step over the 1000-unit layers costs about four
         # times the fused one
         if self.config.optimizer == "adam":
+            if any(parameter.dtype == torch.float16 for parameter in params):
+                # train.py refuses the flags before reading data (hardware.check_precision); this guards a Trainer
+                # built in Python
+                raise UserError(
+                    "Adam cannot train float16 weights (precision 16-true): its eps (1e-8) is 0 in float16 and its "
+                    "steps blow the weights up; use bfloat16 or mixed precision, or optimizer='sgd'"
+                )
             return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), fused=True)
         optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, fused=True)  # the one other --optimizer allowed
         if momentum > 0:

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 #: what every checkpoint train.py writes holds, beyond Lightning's own keys
 REQUIRED_KEYS = ("aae_variant", "hyper_parameters", "state_dict", "datamodule_hyper_parameters")
+#: where a checkpoint of a run with --average-weights records its averaging (`cli.averaging_settings`); a checkpoint
+#: without it was trained without
+AVERAGING_KEY = "aae_weight_averaging"
+NO_AVERAGING = {"average_weights": "none", "average_from_epoch": None, "ema_decay": None}
 #: datamodule settings that may change between a run and its resumption: where the files are, not what they are
 RELOCATABLE = ("data_dir", "download")
 
@@ -135,6 +139,47 @@ def check_resumable(
     ]
     if differing:
         raise UserError(f"{path} was trained with {', '.join(differing)}; resume it with the flags it was trained with")
+
+
+def check_averaging_resumable(checkpoint: dict[str, Any], path: str | Path, averaging: dict[str, Any]) -> None:
+    """The average a checkpoint holds goes on only under the settings that made it: resumed with others, or none,
+    the run would end with an average it never took, or drop it and train on from the averaged weights (they are the
+    checkpoint's `state_dict`). A checkpoint without one resumes under any averaging that begins after its epochs:
+    training never depends on the averaging, so the run is the one those flags train from scratch. `averaging`:
+    `cli.averaging_settings` of the flags now. Anything else is a `UserError`."""
+    saved = checkpoint.get(AVERAGING_KEY, NO_AVERAGING)
+    epoch = checkpoint.get("epoch", 0)
+    if _averaged_by(saved, epoch):
+        if saved != averaging:
+            raise UserError(
+                f"{path} holds weights averaged with {_as_flags(saved)} (now {_as_flags(averaging)}); resume it "
+                "with the flags it was trained with"
+            )
+    elif _averaged_by(averaging, epoch):
+        raise UserError(
+            f"{path} holds no averaged weights of its {epoch + 1} epoch(s): resumed, it can average from "
+            f"--average-from-epoch {epoch + 2} on (now {averaging['average_from_epoch']})"
+        )
+
+
+def weights_held(checkpoint: dict[str, Any]) -> str:
+    """Which weights a checkpoint's `state_dict` holds, the ones `load_trained` and evaluate.py score: the trained
+    ones, or the average a run with --average-weights validated in their place (the trained ones are then in
+    `current_model_state`, as Lightning's `WeightAveraging` writes it)."""
+    if "averaging_state" not in checkpoint:
+        return "trained"
+    settings = checkpoint[AVERAGING_KEY]
+    count = int(checkpoint["averaging_state"]["n_averaged"])
+    return f"{settings['average_weights']} average of {count} batches from epoch {settings['average_from_epoch']}"
+
+
+def _averaged_by(settings: dict[str, Any], epoch: int) -> bool:
+    """Whether a run averaging with `settings` holds an average once its (0-based) `epoch` has ended."""
+    return settings["average_weights"] != "none" and settings["average_from_epoch"] <= epoch + 1
+
+
+def _as_flags(settings: dict[str, Any]) -> str:
+    return " ".join(f"{flag(name)} {value}" for name, value in settings.items() if value is not None)
 
 
 def _trained_part(name: str, value: Any, epoch: int) -> Any:

@@ -13,7 +13,7 @@ from typing import Any, NoReturn, Protocol
 from aae_lightning import VARIANTS, get_variant
 from aae_lightning.base import AutoencoderHparams
 from aae_lightning.errors import UserError, flag, shown
-from aae_lightning.hparams import Accepts, declarations
+from aae_lightning.hparams import Accepts, Range, declarations
 from aae_lightning.presets import load_preset, preset_names
 
 LOGGERS = ("wandb", "tensorboard", "csv", "none")
@@ -23,6 +23,14 @@ ALL_LABELS = "all"
 EXIT_USER_ERROR = 2
 #: a NaN or infinite loss stopped training (the last checkpoint is the last good state)
 EXIT_DIVERGED = 3
+#: --average-weights: none, torch's equal average (SWA) or its exponential moving average (EMA)
+AVERAGING = ("none", "swa", "ema")
+DEFAULT_EMA_DECAY = 0.999
+#: 0 would keep the latest weights only, 1 the first ones forever
+EMA_DECAY = Range(float, 0, 1, low_open=True, high_open=True)
+#: precisions that train 16-bit weights, in which the average is kept too: an EMA step of (1 - decay) and a late
+#: SWA step of 1/n are below their resolution
+HALF_WEIGHT_PRECISIONS = ("16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,6 +51,13 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+def ema_decay(text: str) -> float:
+    value = float(text)
+    if not EMA_DECAY.allows(value):
+        raise argparse.ArgumentTypeError(f"must be {EMA_DECAY.describe()}, got {text}")
     return value
 
 
@@ -232,6 +247,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the next validation images, scored with that width: val/parzen_ll is their mean",
     )
 
+    averaging = parser.add_argument_group(
+        "weight averaging: validation, the checkpoints' weights and --test see an average of the weights after "
+        "each batch instead of the latest ones; training itself is the same with or without it"
+    )
+    averaging.add_argument(
+        "--average-weights",
+        choices=AVERAGING,
+        default="none",
+        help="swa: the equal average of the weights after every batch from --average-from-epoch on; ema: their "
+        "exponential moving average with --ema-decay, started there; none: the latest weights",
+    )
+    averaging.add_argument(
+        "--average-from-epoch",
+        type=positive_int,
+        default=None,
+        help="with --average-weights swa or ema, the first epoch (counted from 1, at most --max-epochs) whose "
+        "batches are averaged; the epochs before it validate and save the latest weights (if not given: 1)",
+    )
+    averaging.add_argument(
+        "--ema-decay",
+        type=ema_decay,
+        default=None,
+        help=f"with --average-weights ema, the share of the average each batch keeps: average = decay * average + "
+        f"(1 - decay) * weights; allowed: {EMA_DECAY.describe()} (if not given: {DEFAULT_EMA_DECAY})",
+    )
+
     hardware = parser.add_argument_group("hardware (Lightning Trainer arguments)")
     hardware.add_argument(
         "--gpus",
@@ -329,6 +370,39 @@ def check_parzen_flags(args: argparse.Namespace, model_lacks: str | None) -> Non
         raise UserError(
             f"--parzen-val-size {args.parzen_val_size} and --parzen-score-size {args.parzen_score_size} "
             f"take {needed} distinct validation images, more than --val-size {args.val_size}"
+        )
+
+
+def averaging_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The weight averaging the flags ask for, every setting filled in (None where it does not apply), keyed by
+    flag: what the averaging callback is built from, and what a checkpoint records and a resumption is compared by
+    (`checkpoint_io.check_averaging_resumable`)."""
+    kind = args.average_weights
+    return {
+        "average_weights": kind,
+        "average_from_epoch": None if kind == "none" else args.average_from_epoch or 1,
+        "ema_decay": (args.ema_decay or DEFAULT_EMA_DECAY) if kind == "ema" else None,
+    }
+
+
+def check_averaging_flags(args: argparse.Namespace) -> None:
+    """Weight-averaging flags that would have no effect, refused before any data is read."""
+    kind = args.average_weights
+    if args.ema_decay is not None and kind != "ema":
+        raise UserError(f"--ema-decay applies to --average-weights ema only (now {kind})")
+    if kind == "none":
+        if args.average_from_epoch is not None:
+            raise UserError("--average-from-epoch needs --average-weights swa or ema")
+        return
+    start = averaging_settings(args)["average_from_epoch"]
+    if start > args.max_epochs:
+        raise UserError(
+            f"--average-from-epoch {start} is after --max-epochs {args.max_epochs}: no weights would be averaged"
+        )
+    if str(args.precision) in HALF_WEIGHT_PRECISIONS:
+        raise UserError(
+            f"--average-weights {kind} with --precision {args.precision}: the average is kept in the weights' 16 "
+            "bits, too coarse for its small steps; use 32-true or a mixed precision"
         )
 
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aae_lightning.checkpoint_io import check_resumable, read_checkpoint
+from aae_lightning.checkpoint_io import check_averaging_resumable, check_resumable, read_checkpoint
 from aae_lightning.cli import ALL_LABELS, split_labels, uses_labels
 from aae_lightning.errors import UserError
 
@@ -58,14 +58,17 @@ def resumed_epoch(
     variant: str,
     hparams: dict[str, Any],
     datamodule_hparams: dict[str, Any],
+    averaging: dict[str, Any],
 ) -> int | None:
     """The last epoch the checkpoint to start from finished, if it continues the run in `run_dir`'s own
     checkpoints (None: a new run in the folder). Checked here, before the data is read (a bad path is a quick
-    answer), because Lightning would fail on a bad file with a traceback from deep inside its restore logic."""
+    answer), because Lightning would fail on a bad file with a traceback from deep inside its restore logic.
+    `averaging`: the weight averaging of the flags (`cli.averaging_settings`)."""
     if ckpt_path is None:
         return None
     start = read_checkpoint(ckpt_path)
     check_resumable(start, ckpt_path, variant, hparams, datamodule_hparams)
+    check_averaging_resumable(start, ckpt_path, averaging)
     return start["epoch"] if ckpt_path.resolve().parent == (run_dir / "checkpoints").resolve() else None
 
 

@@ -4,7 +4,7 @@
 #      for the GPU, callbacks, checkpoints and resume on the GPU;
 #   2. one epoch of `train.py --variant semi --labels 100 --gpus 1` in 32-true and in bf16-mixed;
 #   3. the throughput table (benchmarks/throughput.py) on the GPU, in 32-true and bf16-mixed.
-# Needs PyTorch with CUDA, this project (pip install -e .) and pytest; no W&B and no network.
+# Needs PyTorch with CUDA, this project (pip install -e .), pytest and pytest-xdist; no W&B and no network.
 #
 #     bash benchmarks/gpu_check.sh MNIST_DIR
 #
@@ -64,7 +64,7 @@ step() {
     fi
 }
 
-step tests "$python" -m pytest -m cuda -q -p no:cacheprovider tests
+step tests "$python" -m pytest -m cuda -n 0 -q -p no:cacheprovider tests
 for precision in 32-true bf16-mixed; do
     step "semi-$precision" "$python" train.py --variant semi --labels 100 --gpus 1 --max-epochs 1 \
         --precision "$precision" --logger csv --progress lines --image-every-n-epochs 0 --no-download \

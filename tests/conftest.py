@@ -11,6 +11,20 @@ import torch
 
 from tests.helpers import REPO_ROOT, make_fake_mnist
 
+
+def share_the_cores_among_workers() -> None:
+    """Under pytest-xdist (setup.cfg: `-n auto`) each worker gets its share of the cores, it and the train.py
+    processes it starts: OpenMP threads of several processes on the same cores spin against each other and run
+    several times slower than one thread each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+share_the_cores_among_workers()
+
 CUDA = pytest.param(
     "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 )

@@ -115,3 +115,11 @@ def test_adam_in_float16_weights_is_refused_and_sgd_is_not() -> None:
         "label_regularized",
         "supervised",
     ]
+
+
+def test_a_trainer_built_in_python_refuses_adam_on_float16_weights(tiny_mnist_dir: Path) -> None:
+    """The module's own guard, for a Trainer that train.py's flag check never saw."""
+    model = small_model("aae")
+    with pytest.raises(UserError, match="^Adam cannot train float16 weights"):
+        fit(model, tiny_mnist_dir, batches=1, precision="16-true")
+    fit(small_model("aae", optimizer="sgd"), tiny_mnist_dir, batches=1, precision="16-true")
