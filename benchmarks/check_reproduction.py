@@ -1,7 +1,7 @@
 """Rerun the first epochs of each README results command and compare their validation numbers, epoch by epoch,
 with the row's CSV in docs/results/; exit 1 on any difference beyond the tolerance.
 
-    python benchmarks/check_reproduction.py                       # every row, about 12 min on a 2-core CPU
+    python benchmarks/check_reproduction.py                       # every row, 12-16 min on a 2-core CPU
     python benchmarks/check_reproduction.py --rows semi-100 parzen --epochs 5
     python benchmarks/check_reproduction.py --rows semi-1000 -- --precision bf16-mixed   # how far bf16 moves it
     python benchmarks/check_reproduction.py --dry-run             # the commands and expected values, no training
@@ -18,7 +18,7 @@ appended to every train.py command (the last of a repeated flag wins).
 
 Duration with the default epochs (2 each, Parzen 5) on an idle 2-core CPU: an epoch of semi-100, semi-1000 or
 dimreduction takes about 35 s on two threads, semi-all 40 s, clustering 25 s (the rows reported on one thread
-take longer), an aae epoch of the Parzen row 20 s and its estimate 30 s; about 12 minutes in all, with the
+take longer), an aae epoch of the Parzen row 20 s and its estimate 30 s; 12-16 minutes in all, with the
 start of each process. Exit codes: 0 every epoch within tolerance, 1 a difference beyond it or a missing epoch
 (a failed run), 2 bad flags.
 
