@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aae_lightning import get_variant  # noqa: E402
 from aae_lightning.base import AutoencoderBase  # noqa: E402
+from aae_lightning.errors import UserError  # noqa: E402
+from aae_lightning.hardware import check_precision  # noqa: E402
 from datamodules.mnist import MNISTDataModule  # noqa: E402
 
 PAPER_VARIANTS = ("ae", "aae", "supervised", "semi")
@@ -264,6 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         help="Lightning precisions the Lightning loop runs under, alternating; the first is the reference",
     )
     args = parser.parse_args(argv)
+    for name, precision in ((name, precision) for name in args.variants for precision in args.precision):
+        try:  # what train.py refuses (16-true with Adam) is refused here before any timing, in one line
+            check_precision(precision, get_variant(name).Hparams().optimizer)
+        except UserError as error:
+            parser.error(f"{name}: {error}")
     device = timed_device(parser, args.accelerator, args.devices)
     torch.set_num_threads(args.threads)
     pl.seed_everything(0, verbose=False)
