@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aae_lightning import NonFiniteLossError, cli, get_variant
-from aae_lightning.checkpoint_io import AtomicCheckpointIO
+from aae_lightning.checkpoint_io import AtomicCheckpointIO, weights_held_at
 from aae_lightning.console import quiet_console
 from aae_lightning.distributed import leave_process_group
 from aae_lightning.errors import UserError, in_flag_terms
@@ -93,6 +93,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "variant": args.variant,
         "run_dir": str(run_dir),
         "best_checkpoint": best_path,
+        "weights": weights_held_at(best_path),  # the trained ones, or the average --average-weights validated
         "epochs": trainer.current_epoch,
         "split": datamodule.split.summary(),
         "val": scalars(

@@ -28,8 +28,11 @@ if TYPE_CHECKING:
 #: what every checkpoint train.py writes holds, beyond Lightning's own keys
 REQUIRED_KEYS = ("aae_variant", "hyper_parameters", "state_dict", "datamodule_hyper_parameters")
 #: where a checkpoint of a run with --average-weights records its averaging (`cli.averaging_settings`); a checkpoint
-#: without it was trained without
+#: without it was trained without, or averaged by Lightning's own `WeightAveraging` (`current_model_state`)
 AVERAGING_KEY = "aae_weight_averaging"
+#: the averaging of a run without --average-weights, as `cli.averaging_settings` gives it, and so what a checkpoint
+#: without `AVERAGING_KEY` and without an average was trained with. Here, not in cli.py: reading a checkpoint needs
+#: no parser.
 NO_AVERAGING = {"average_weights": "none", "average_from_epoch": None, "ema_decay": None}
 #: datamodule settings that may change between a run and its resumption: where the files are, not what they are
 RELOCATABLE = ("data_dir", "download")
@@ -145,17 +148,23 @@ def check_averaging_resumable(checkpoint: dict[str, Any], path: str | Path, aver
     """The average a checkpoint holds goes on only under the settings that made it: resumed with others, or none,
     the run would end with an average it never took, or drop it and train on from the averaged weights (they are the
     checkpoint's `state_dict`). A checkpoint without one resumes under any averaging that begins after its epochs:
-    training never depends on the averaging, so the run is the one those flags train from scratch. `averaging`:
+    training never depends on the averaging, so the run is the one those flags train from scratch. A checkpoint
+    averaged by Lightning's own `WeightAveraging` records no settings to compare with. `averaging`:
     `cli.averaging_settings` of the flags now. Anything else is a `UserError`."""
+    if AVERAGING_KEY not in checkpoint and "current_model_state" in checkpoint:
+        raise UserError(
+            f"{path} holds an average of Lightning's WeightAveraging without its settings (no {AVERAGING_KEY}): "
+            "no --average-weights is known to continue it; resume it with the Trainer callback that wrote it"
+        )
     saved = checkpoint.get(AVERAGING_KEY, NO_AVERAGING)
     epoch = checkpoint.get("epoch", 0)
-    if _averaged_by(saved, epoch):
+    if average_begun_by(saved, epoch):
         if saved != averaging:
             raise UserError(
                 f"{path} holds weights averaged with {_as_flags(saved)} (now {_as_flags(averaging)}); resume it "
                 "with the flags it was trained with"
             )
-    elif _averaged_by(averaging, epoch):
+    elif average_begun_by(averaging, epoch):
         raise UserError(
             f"{path} holds no averaged weights of its {epoch + 1} epoch(s): resumed, it can average from "
             f"--average-from-epoch {epoch + 2} on (now {averaging['average_from_epoch']})"
@@ -165,16 +174,26 @@ def check_averaging_resumable(checkpoint: dict[str, Any], path: str | Path, aver
 def weights_held(checkpoint: dict[str, Any]) -> str:
     """Which weights a checkpoint's `state_dict` holds, the ones `load_trained` and evaluate.py score: the trained
     ones, or the average a run with --average-weights validated in their place (the trained ones are then in
-    `current_model_state`, as Lightning's `WeightAveraging` writes it)."""
+    `current_model_state`, as Lightning's `WeightAveraging` writes it). A checkpoint of Lightning's own
+    `WeightAveraging` (a Python user's Trainer) records no settings: its average is told by its count alone."""
     if "averaging_state" not in checkpoint:
         return "trained"
-    settings = checkpoint[AVERAGING_KEY]
     count = int(checkpoint["averaging_state"]["n_averaged"])
+    settings = checkpoint.get(AVERAGING_KEY)
+    if settings is None:
+        return f"average of {count} updates, settings unknown"
     return f"{settings['average_weights']} average of {count} batches from epoch {settings['average_from_epoch']}"
 
 
-def _averaged_by(settings: dict[str, Any], epoch: int) -> bool:
-    """Whether a run averaging with `settings` holds an average once its (0-based) `epoch` has ended."""
+def weights_held_at(path: str | Path | None) -> str | None:
+    """`weights_held` of the checkpoint at `path` (read with `read_checkpoint`); None for no checkpoint."""
+    return None if path is None else weights_held(read_checkpoint(path))
+
+
+def average_begun_by(settings: dict[str, Any], epoch: int) -> bool:
+    """Whether a run averaging with `settings` (`cli.averaging_settings`) has begun its average by the end of its
+    `epoch`, counted from 0 as Lightning counts (the flag counts from 1). Once begun, the average takes in every
+    batch: so this is also whether the batches of that epoch are averaged."""
     return settings["average_weights"] != "none" and settings["average_from_epoch"] <= epoch + 1
 
 

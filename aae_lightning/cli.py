@@ -12,8 +12,9 @@ from typing import Any, NoReturn, Protocol
 
 from aae_lightning import VARIANTS, get_variant
 from aae_lightning.base import AutoencoderHparams
+from aae_lightning.checkpoint_io import NO_AVERAGING
 from aae_lightning.errors import UserError, flag, shown
-from aae_lightning.hparams import Accepts, Range, declarations
+from aae_lightning.hparams import Accepts, OneOf, Range, declarations, positive
 from aae_lightning.presets import load_preset, preset_names
 
 LOGGERS = ("wandb", "tensorboard", "csv", "none")
@@ -28,6 +29,10 @@ AVERAGING = ("none", "swa", "ema")
 DEFAULT_EMA_DECAY = 0.999
 #: 0 would keep the latest weights only, 1 the first ones forever
 EMA_DECAY = Range(float, 0, 1, low_open=True, high_open=True)
+#: what each weight-averaging flag accepts, checked by `check_averaging_flags` whatever gave the value: a preset's
+#: values reach argparse as defaults, which it checks against no `choices` and, unless they are text, converts with
+#: no `type`
+AVERAGING_ACCEPTS = {"average_weights": OneOf(AVERAGING), "average_from_epoch": positive(int), "ema_decay": EMA_DECAY}
 #: precisions that train 16-bit weights, in which the average is kept too: an EMA step of (1 - decay) and a late
 #: SWA step of 1/n are below their resolution
 HALF_WEIGHT_PRECISIONS = ("16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
@@ -375,18 +380,29 @@ def check_parzen_flags(args: argparse.Namespace, model_lacks: str | None) -> Non
 
 def averaging_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The weight averaging the flags ask for, every setting filled in (None where it does not apply), keyed by
-    flag: what the averaging callback is built from, and what a checkpoint records and a resumption is compared by
-    (`checkpoint_io.check_averaging_resumable`)."""
+    flag: what the averaging callback is built from, what the run's loggers record, and what a checkpoint records
+    and a resumption is compared by (`checkpoint_io.check_averaging_resumable`)."""
     kind = args.average_weights
+    if kind == "none":
+        return dict(NO_AVERAGING)
+    decay = DEFAULT_EMA_DECAY if args.ema_decay is None else args.ema_decay
     return {
         "average_weights": kind,
-        "average_from_epoch": None if kind == "none" else args.average_from_epoch or 1,
-        "ema_decay": (args.ema_decay or DEFAULT_EMA_DECAY) if kind == "ema" else None,
+        "average_from_epoch": 1 if args.average_from_epoch is None else args.average_from_epoch,
+        "ema_decay": decay if kind == "ema" else None,
     }
 
 
 def check_averaging_flags(args: argparse.Namespace) -> None:
-    """Weight-averaging flags that would have no effect, refused before any data is read."""
+    """Weight-averaging values outside what their flag accepts (`AVERAGING_ACCEPTS`), and flags that would have no
+    effect, refused before any data is read."""
+    for name, accepts in AVERAGING_ACCEPTS.items():
+        value = getattr(args, name)
+        # None: not given, but for --average-weights, whose default is "none"
+        if (value is not None or name == "average_weights") and not accepts.allows(value):
+            # argparse has checked what the command line gave: the value came from a preset
+            source = f" (from --preset {args.preset})" if getattr(args, "preset", None) else ""
+            raise UserError(f"{flag(name)} {shown(value)}{source} is not allowed: it must be {accepts.describe()}")
     kind = args.average_weights
     if args.ema_decay is not None and kind != "ema":
         raise UserError(f"--ema-decay applies to --average-weights ema only (now {kind})")

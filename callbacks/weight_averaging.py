@@ -33,7 +33,7 @@ from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_avg_fn
 
-from aae_lightning.checkpoint_io import AVERAGING_KEY
+from aae_lightning.checkpoint_io import AVERAGING_KEY, average_begun_by
 
 
 class AverageWeights(WeightAveraging):
@@ -80,16 +80,17 @@ class AverageWeights(WeightAveraging):
         return self.average is not None and int(self.average.n_averaged) > 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The average was built in `setup`, before the strategy moved the module to its device and cast it to the
-        # precision's dtype. Left there, every update would copy the weights off the GPU, and a swap would round
-        # float64 weights (64-true) to float32 and hand those back to training.
+        # The average was built in `setup` on the training device already (Lightning gives the module its device
+        # before the callbacks' `setup`), but in the dtype the module was built in: the precision casts the module
+        # later, in the strategy's setup. Left in float32, a swap would round float64 weights (64-true) and hand
+        # them back to training.
         assert self.average is not None
-        self.average.to(device=pl_module.device, dtype=pl_module.dtype)
+        self.average.to(dtype=pl_module.dtype)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.current_epoch >= self.settings["average_from_epoch"] - 1:  # Lightning counts epochs from 0
+        if average_begun_by(self.settings, trainer.current_epoch):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

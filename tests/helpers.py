@@ -1,6 +1,7 @@
 """What more than one test file needs, other than fixtures (those are in conftest.py): the repository's paths, tiny
-MNIST files, a quiet trainer, train.py run from the outside, the check of a one-line user error, the benchmark
-scripts as modules, and the hyperparameter declarations the generated range checks are made from."""
+MNIST files, a quiet trainer, train.py run from the outside and in this process, the check of a one-line user error,
+a checkpoint file's contents, the benchmark scripts as modules, and the hyperparameter declarations the generated
+range checks are made from."""
 
 from __future__ import annotations
 
@@ -222,6 +223,23 @@ class Launched:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`train.main(argv)` in this process: its exit code and what it wrote to stderr (from the call on only)."""
+    import train
+
+    capsys.readouterr()
+    try:
+        code = train.main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Everything a checkpoint file holds, on the CPU, as written (no checks: `read_checkpoint` is under test)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def assert_one_line_error(code: int, stderr: str, fragments: list[str]) -> None:

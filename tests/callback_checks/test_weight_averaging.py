@@ -2,7 +2,8 @@
 training is the same with and without it, the epochs before its first one validate the trained weights, the later
 ones the average of the weights after each of their batches (the mean for swa, the moving average for ema, and
 exactly what torch's AveragedModel makes of the same weights), checkpoints hold the average as their weights and
-the trained weights beside it, and validating or testing a checkpoint after fitting scores its average.
+the trained weights beside it, and validating or testing a checkpoint after fitting scores its average; a checkpoint
+of Lightning's own `WeightAveraging` is told apart and not resumed by train.py.
 
 The model is the clustering one with batch normalization in its encoder (buffers averaged too) and dropout (training
 draws random numbers). A `Recorder` keeps the module's state after every training batch and at the first batch of
@@ -19,15 +20,23 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_avg_fn
 
 from aae_lightning import AutoencoderBase
-from aae_lightning.checkpoint_io import AVERAGING_KEY, load_trained, weights_held
+from aae_lightning.checkpoint_io import (
+    AVERAGING_KEY,
+    NO_AVERAGING,
+    check_averaging_resumable,
+    load_trained,
+    weights_held,
+)
+from aae_lightning.errors import UserError
 from aae_lightning.run_folder import checkpoint_callbacks
 from callbacks.weight_averaging import AverageWeights
-from tests.helpers import assert_same_tensors, make_trainer, small_model, tiny_datamodule
+from tests.helpers import assert_same_tensors, load_checkpoint, make_trainer, small_model, tiny_datamodule
 
 EPOCHS, BATCHES, VAL_BATCHES = 3, 4, 2
 #: counted from 1, as the flag: epoch 1 validates the trained weights, epochs 2 and 3 the average of their 8 batches
@@ -125,10 +134,6 @@ def fits(device: str, tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFac
     }
 
 
-def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def floats(state: State) -> State:
     """The floating-point entries, on the CPU: BatchNorm's num_batches_tracked counts, its average means nothing."""
     return {name: value.cpu() for name, value in state.items() if value.is_floating_point()}
@@ -205,7 +210,7 @@ def test_the_average_is_what_torchs_averaged_model_makes_of_the_same_weights(
     for state in fitted.recorder.averaged(EPOCHS - 1):
         feeder.load_state_dict(state)
         reference.update_parameters(feeder)
-    last = load(fitted.checkpoints / "last.ckpt")
+    last = load_checkpoint(fitted.checkpoints / "last.ckpt")
     expected = {name: value.cpu() for name, value in reference.module.state_dict().items()}
     assert_same_tensors(last["state_dict"], expected, "last.ckpt's weights")
     assert (
@@ -216,7 +221,7 @@ def test_the_average_is_what_torchs_averaged_model_makes_of_the_same_weights(
 @pytest.mark.parametrize("kind", ["swa", "ema"])
 def test_checkpoints_hold_the_average_with_the_trained_weights_beside_it(fits: dict[str, Fitted], kind: str) -> None:
     fitted = fits[kind]
-    last = load(fitted.checkpoints / "last.ckpt")
+    last = load_checkpoint(fitted.checkpoints / "last.ckpt")
     validated = {name: value.cpu() for name, value in fitted.recorder.validated[EPOCHS - 1].items()}
     trained = {name: value.cpu() for name, value in fitted.recorder.trained[-1][1].items()}
     assert_same_tensors(last["state_dict"], validated, "state_dict: the weights the last epoch validated")
@@ -234,7 +239,7 @@ def test_checkpoints_hold_the_average_with_the_trained_weights_beside_it(fits: d
 
 def test_a_checkpoint_without_averaging_holds_the_trained_weights_alone(fits: dict[str, Fitted]) -> None:
     fitted = fits["plain"]
-    last = load(fitted.checkpoints / "last.ckpt")
+    last = load_checkpoint(fitted.checkpoints / "last.ckpt")
     trained = {name: value.cpu() for name, value in fitted.recorder.trained[-1][1].items()}
     assert_same_tensors(last["state_dict"], trained, "state_dict")
     assert not {"current_model_state", "averaging_state", AVERAGING_KEY} & last.keys()
@@ -245,7 +250,7 @@ def test_validate_and_test_after_fitting_score_the_checkpoints_average(fits: dic
     """Lightning's callback would load the checkpoint's trained weights into the module for `trainer.test`."""
     fitted = fits["swa"]
     path = fitted.checkpoints / "last.ckpt"
-    average = load(path)["state_dict"]
+    average = load_checkpoint(path)["state_dict"]
     fitted.trainer.validate(fitted.model, datamodule=fitted.datamodule, ckpt_path=str(path), verbose=False)
     fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, ckpt_path=str(path), verbose=False)
     for stage in ("validate", "test"):
@@ -270,5 +275,27 @@ def test_float64_training_is_the_same_with_and_without_averaging(tiny_mnist_dir:
         [state for _, state in averaged.recorder.trained],
         "weights after each batch",
     )
-    average = floats(load(averaged.checkpoints / "last.ckpt")["state_dict"])
+    average = floats(load_checkpoint(averaged.checkpoints / "last.ckpt")["state_dict"])
     assert {value.dtype for value in average.values()} == {torch.float64}
+
+
+def test_a_checkpoint_of_lightnings_own_weight_averaging_is_told_apart_and_not_resumed(
+    tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
+    """A Python user's Trainer with Lightning's `WeightAveraging` writes the average and the trained weights as this
+    callback does, but none of the settings: evaluate.py names the average by its count, and train.py, which could
+    not tell the averaging that continues it, refuses to resume it."""
+    pl.seed_everything(0, workers=True, verbose=False)
+    model = small_model("clustering")
+    best, last = checkpoint_callbacks(tmp_path, *model.monitor, every_n_epochs=1)
+    trainer = make_trainer(
+        BATCHES, 1, [WeightAveraging(), best, last], limit_val_batches=VAL_BATCHES, enable_checkpointing=True
+    )
+    trainer.fit(model, tiny_datamodule(tiny_mnist_dir, model))
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert {"current_model_state", "averaging_state"} <= checkpoint.keys() and AVERAGING_KEY not in checkpoint
+    assert weights_held(checkpoint) == f"average of {BATCHES} updates, settings unknown"
+    swa = {"average_weights": "swa", "average_from_epoch": 1, "ema_decay": None}
+    for averaging in (NO_AVERAGING, swa):
+        with pytest.raises(UserError, match="^last.ckpt holds an average of Lightning's WeightAveraging without"):
+            check_averaging_resumable(checkpoint, "last.ckpt", averaging)

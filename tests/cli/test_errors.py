@@ -32,6 +32,7 @@ from tests.helpers import (
     case_results,
     declaration_cases,
     flag_words,
+    run_main,
     start,
     start_cases,
     train_py,
@@ -386,15 +387,6 @@ def no_data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         "--output-dir",
         str(empty / "runs"),
     ]
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """`train.main(argv)` in this process: its exit code and what it wrote to stderr."""
-    try:
-        code = train.main(argv)
-    except SystemExit as exit_:  # argparse's own refusals
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("declared", "value"), OUTSIDE)

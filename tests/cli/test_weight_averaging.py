@@ -1,7 +1,8 @@
 """train.py's weight averaging flags as a user gives them: their defaults, what they refuse (one line, exit code 2,
-before any data is read), a run stopped after its first epoch and resumed with `--ckpt-path last` that ends with the
-average of the same run in one piece, the checkpoints a resumption refuses, and evaluate.py scoring the average a
-run validated. What the average is, batch by batch: tests/callback_checks/test_weight_averaging.py.
+before any data is read), on the command line or in a preset, what a run logs and reports of its averaging, a run
+stopped after its first epoch and resumed with `--ckpt-path last` that ends with the average of the same run in one
+piece, the checkpoints a resumption refuses, and evaluate.py scoring the average a run validated. What the average
+is, batch by batch: tests/callback_checks/test_weight_averaging.py.
 
 The runs call `train.main` in this process, on the tiny MNIST files, with the clustering model, batch normalization
 in its encoder (buffers averaged too) and input dropout (training draws random numbers).
@@ -16,12 +17,14 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
+from pytorch_lightning.core.saving import load_hparams_from_yaml
 
 import evaluate
 import train
-from aae_lightning.checkpoint_io import AVERAGING_KEY, load_trained
-from aae_lightning.cli import averaging_settings, parse_args
-from tests.helpers import TINY_FLAGS, assert_one_line_error, assert_same_tensors
+from aae_lightning.checkpoint_io import AVERAGING_KEY, load_trained, weights_held
+from aae_lightning.cli import averaging_settings, check_averaging_flags, parse_args
+from tests.helpers import TINY_FLAGS, assert_one_line_error, assert_same_tensors, load_checkpoint, run_main
 
 EPOCHS = 3
 CLUSTERING = ["--variant", "clustering", *TINY_FLAGS, "--encoder-batchnorm", "--input-dropout", "0.2"]
@@ -77,6 +80,10 @@ REFUSED: dict[str, tuple[list[str], list[str]]] = {
         ["--average-weights", "ema", "--precision", "bf16-true"],
         ["--average-weights ema", "--precision bf16-true"],
     ),
+    "16_bit_float_weights": (
+        ["--average-weights", "swa", "--precision", "16-true"],
+        ["--average-weights swa", "--precision 16-true"],
+    ),
 }
 
 
@@ -87,20 +94,65 @@ def test_meaningless_averaging_flags_are_one_line_and_exit_code_2(
     """On a folder without MNIST: a combination that got past the check would end there, in another one-line
     error, instead of training."""
     flags, fragments = REFUSED[name]
-    no_data = ["--data-dir", str(tmp_path), "--no-download", "--output-dir", str(tmp_path / "runs")]
-    code, stderr = run_main([*CLUSTERING, *no_data, *flags], capsys)
+    code, stderr = run_main([*CLUSTERING, *without_data(tmp_path), *flags], capsys)
     assert_one_line_error(code, stderr, fragments)
     assert not (tmp_path / "runs").exists()
 
 
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """`train.main(argv)` in this process: its exit code and what it wrote to stderr."""
-    capsys.readouterr()
-    try:
-        code = train.main(argv)
-    except SystemExit as exit_:  # argparse's own refusals
-        code = exit_.code
-    return code, capsys.readouterr().err
+def without_data(folder: Path) -> list[str]:
+    return ["--data-dir", str(folder), "--no-download", "--output-dir", str(folder / "runs")]
+
+
+def write_preset(folder: Path, values: dict[str, Any]) -> Path:
+    path = folder / "preset.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+#: name -> (what a preset sets, what the one line must say). A preset's values are argparse's defaults, which it
+#: converts with the flag's type only when they are text and never checks against its choices: besides the text
+#: ones, which argparse refuses, none of these would be refused by the command line's checks.
+REFUSED_IN_A_PRESET: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "unknown_kind": ({"average_weights": "mean"}, ["--average-weights 'mean'", "preset.yaml", "one of none, swa"]),
+    "kind_empty": ({"average_weights": None}, ["--average-weights None", "one of none, swa, ema"]),
+    "decay_1": ({"average_weights": "ema", "ema_decay": 1.0}, ["--ema-decay 1.0 ", "a float in (0, 1)"]),
+    "decay_int_1": ({"average_weights": "ema", "ema_decay": 1}, ["--ema-decay 1 ", "a float in (0, 1)"]),
+    "decay_0": ({"average_weights": "ema", "ema_decay": 0}, ["--ema-decay 0 ", "a float in (0, 1)"]),
+    "decay_1.5": ({"average_weights": "ema", "ema_decay": 1.5}, ["--ema-decay 1.5", "a float in (0, 1)"]),
+    "decay_text": ({"average_weights": "ema", "ema_decay": "high"}, ["--ema-decay", "high"]),
+    # the preset's 0 is refused, not taken for "not given" (epoch 1)
+    "from_epoch_0": ({"average_weights": "swa", "average_from_epoch": 0}, ["--average-from-epoch 0 ", "an int >= 1"]),
+    "from_epoch_-2": ({"average_weights": "swa", "average_from_epoch": -2}, ["--average-from-epoch -2", "an int >= 1"]),
+    "from_epoch_1.5": (
+        {"average_weights": "swa", "average_from_epoch": 1.5},
+        ["--average-from-epoch 1.5", "an int >= 1"],
+    ),
+    "from_epoch_true": (
+        {"average_weights": "swa", "average_from_epoch": True},
+        ["--average-from-epoch True", "an int >= 1"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_IN_A_PRESET))
+def test_averaging_values_a_preset_gives_are_checked_as_the_flags_are(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values, fragments = REFUSED_IN_A_PRESET[name]
+    preset = write_preset(tmp_path, values)
+    code, stderr = run_main(["--preset", str(preset), *CLUSTERING, *without_data(tmp_path)], capsys)
+    assert_one_line_error(code, stderr, fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_presets_averaging_is_taken_as_the_flags_are(tmp_path: Path) -> None:
+    preset = write_preset(tmp_path, {"average_weights": "ema", "average_from_epoch": 2, "ema_decay": 0.9})
+    from_preset = parse_args(["--preset", str(preset), "--variant", "ae"])
+    check_averaging_flags(from_preset)
+    from_flags = parse_args(
+        ["--variant", "ae", "--average-weights", "ema", "--average-from-epoch", "2", "--ema-decay", "0.9"]
+    )
+    assert averaging_settings(from_preset) == averaging_settings(from_flags)
 
 
 # ----- resuming ---------------------------------------------------------------------------------------------------
@@ -122,25 +174,38 @@ def train_run(data_dir: Path, output: Path, name: str, *flags: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """For each averaging: the run in one piece (`whole-KIND`), and the same run stopped after its first epoch and
-    resumed with `--ckpt-path last` (`split-KIND`); the checkpoints they stopped at are kept as `KIND-epoch1.ckpt`.
-    The ema run's first piece trains without averaging."""
+    """For each averaging: the run in one piece (`whole-KIND`, logging to CSV), and the same run stopped after its
+    first epoch and resumed with `--ckpt-path last` (`split-KIND`); the checkpoints they stopped at are kept as
+    `KIND-epoch1.ckpt`. The ema run's first piece trains without averaging. `lightning-epoch1.ckpt`: the swa one as
+    Lightning's own `WeightAveraging` would have written it."""
     output = tmp_path_factory.mktemp("averaging")
     for kind, flags in AVERAGING.items():
-        train_run(tiny_mnist_dir, output, f"whole-{kind}", "--max-epochs", str(EPOCHS), *flags)
+        train_run(tiny_mnist_dir, output, f"whole-{kind}", "--max-epochs", str(EPOCHS), *flags, "--logger", "csv")
         first_piece = flags if kind == "swa" else []
         train_run(tiny_mnist_dir, output, f"split-{kind}", "--max-epochs", "1", *first_piece)
         shutil.copy(output / f"split-{kind}" / "checkpoints" / "last.ckpt", output / f"{kind}-epoch1.ckpt")
         train_run(tiny_mnist_dir, output, f"split-{kind}", "--max-epochs", str(EPOCHS), *flags, "--ckpt-path", "last")
+    # as Lightning's own WeightAveraging writes it, in a Python user's Trainer: the average, without its settings
+    lightnings = load_checkpoint(output / "swa-epoch1.ckpt")
+    del lightnings[AVERAGING_KEY]
+    torch.save(lightnings, output / "lightning-epoch1.ckpt")
     return output
 
 
-def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+@pytest.mark.parametrize("kind", sorted(AVERAGING))
+def test_a_run_logs_its_averaging_and_reports_which_weights_its_best_checkpoint_holds(runs: Path, kind: str) -> None:
+    """The whole runs log to CSV: hparams.yaml holds what every logger is given."""
+    logged = load_hparams_from_yaml(runs / f"whole-{kind}" / "hparams.yaml", use_omegaconf=False)
+    asked = averaging_settings(parse_args([*CLUSTERING, *AVERAGING[kind]]))
+    assert {name: logged[name] for name in asked} == asked
+    results = json.loads((runs / f"whole-{kind}.json").read_text())
+    assert results["weights"] == weights_held(load_checkpoint(results["best_checkpoint"]))
+    if kind == "swa":  # averaged from the first epoch: every checkpoint holds the average
+        assert results["weights"].startswith("swa average of ")
 
 
 def test_the_first_pieces_stopped_in_and_before_the_average(runs: Path) -> None:
-    swa, ema = load(runs / "swa-epoch1.ckpt"), load(runs / "ema-epoch1.ckpt")
+    swa, ema = load_checkpoint(runs / "swa-epoch1.ckpt"), load_checkpoint(runs / "ema-epoch1.ckpt")
     assert swa["epoch"] == ema["epoch"] == 0
     assert int(swa["averaging_state"]["n_averaged"]) == 10  # the 10 batches of the first epoch
     assert "averaging_state" not in ema and AVERAGING_KEY not in ema
@@ -148,8 +213,8 @@ def test_the_first_pieces_stopped_in_and_before_the_average(runs: Path) -> None:
 
 @pytest.mark.parametrize("kind", sorted(AVERAGING))
 def test_a_resumed_run_ends_with_the_average_of_the_run_in_one_piece(runs: Path, kind: str) -> None:
-    whole = load(runs / f"whole-{kind}" / "checkpoints" / "last.ckpt")
-    resumed = load(runs / f"split-{kind}" / "checkpoints" / "last.ckpt")
+    whole = load_checkpoint(runs / f"whole-{kind}" / "checkpoints" / "last.ckpt")
+    resumed = load_checkpoint(runs / f"split-{kind}" / "checkpoints" / "last.ckpt")
     assert (resumed["epoch"], resumed["global_step"]) == (whole["epoch"], whole["global_step"]) == (EPOCHS - 1, 90)
     for key in ("state_dict", "current_model_state", "averaging_state", "optimizer_states", "aae_rng"):
         assert_same_tensors(whole[key], resumed[key], key)
@@ -162,9 +227,9 @@ def test_a_resumed_run_ends_with_the_average_of_the_run_in_one_piece(runs: Path,
 
 
 def resume_refusals(runs: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """name -> (flags, what the one line must say): the checkpoints the first pieces stopped at, resumed under
-    averaging that cannot continue them."""
-    swa, plain = str(runs / "swa-epoch1.ckpt"), str(runs / "ema-epoch1.ckpt")
+    """name -> (flags, what the one line must say): the checkpoints the first pieces stopped at, and the one of
+    Lightning's own callback, resumed under averaging that cannot continue them."""
+    swa, plain, lightnings = (str(runs / f"{name}-epoch1.ckpt") for name in ("swa", "ema", "lightning"))
     return {
         # its weights are the average: trained on from them, the run would not be the one it was
         "averaged_checkpoint_without_averaging": (
@@ -180,6 +245,11 @@ def resume_refusals(runs: Path) -> dict[str, tuple[list[str], list[str]]]:
             ["--ckpt-path", plain, "--average-weights", "swa", "--average-from-epoch", "1"],
             [plain, "no averaged weights of its 1 epoch(s)", "--average-from-epoch 2 on (now 1)"],
         ),
+        # which averaging made it is not recorded: none can be known to continue it
+        "lightnings_own_average": (
+            ["--ckpt-path", lightnings, "--average-weights", "swa", "--average-from-epoch", "1"],
+            [lightnings, "Lightning's WeightAveraging without its settings", "the Trainer callback that wrote it"],
+        ),
     }
 
 
@@ -189,6 +259,7 @@ def resume_refusals(runs: Path) -> dict[str, tuple[list[str], list[str]]]:
         "averaged_checkpoint_without_averaging",
         "averaged_checkpoint_with_another_average",
         "average_that_should_have_begun",
+        "lightnings_own_average",
     ],
 )
 def test_a_checkpoint_resumed_under_other_averaging_is_one_line_and_exit_code_2(
@@ -202,16 +273,24 @@ def test_a_checkpoint_resumed_under_other_averaging_is_one_line_and_exit_code_2(
 
 
 def test_evaluate_scores_the_average_the_run_validated(runs: Path, tmp_path: Path) -> None:
+    """Against the score the best checkpoint was chosen by, which its epoch's validation logged while training
+    (ModelCheckpoint's state in the checkpoint): not a second scoring of the checkpoint after training."""
     results = json.loads((runs / "whole-swa.json").read_text())
     best = Path(results["best_checkpoint"])
+    checkpoint = load_checkpoint(best)
     out = tmp_path / "eval.json"
     assert evaluate.main(["--ckpt", str(best), "--no-parzen", "--json", str(out)]) == 0
     evaluated = json.loads(out.read_text())
-    assert evaluated["weights"] == f"swa average of {10 * (load(best)['epoch'] + 1)} batches from epoch 1"
-    validated = results["val"]["val/recon_loss"]
+    assert evaluated["weights"] == f"swa average of {10 * (checkpoint['epoch'] + 1)} batches from epoch 1"
+    (validated,) = [
+        float(state["best_model_score"])
+        for state in checkpoint["callbacks"].values()
+        if state.get("monitor") == "val/recon_loss" and state.get("best_model_path") == str(best)
+    ]
     assert evaluated["val/recon_loss"] == pytest.approx(validated, rel=1e-5)
+    assert results["val"]["val/recon_loss"] == pytest.approx(validated, rel=1e-5)
     # the trained weights beside the average in the same checkpoint score otherwise
     model, datamodule = load_trained(best)
-    model.load_state_dict(load(best)["current_model_state"])
+    model.load_state_dict(checkpoint["current_model_state"])
     trained = evaluate.stage_metrics(model, "val", *datamodule.validation_data())["val/recon_loss"]
     assert trained != pytest.approx(validated, rel=1e-3)
