@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="score only the first N test images (default: all 10,000)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the prior samples")
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="score the validation set only, no test metric and no Parzen estimate: for choosing between "
+        "checkpoints or weights, which must not look at the test set",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("saved", "trained"),
+        default="saved",
+        help="saved: the checkpoint's weights, for a run with --average-weights the average it validated; trained: "
+        "the latest weights the run trained, kept beside that average (the saved ones for a run without it)",
+    )
     return parser
 
 
@@ -96,16 +109,21 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(
             f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line(error)})"
         ) from None
+    if args.weights == "trained" and "current_model_state" in checkpoint:
+        # one run gives both sides of the comparison: the average of its last epochs and its last epoch's weights
+        model.load_state_dict(checkpoint["current_model_state"])
     results: dict[str, Any] = {
         "checkpoint": str(args.ckpt),
         "variant": model.variant_name,
         # Lightning stores the epoch the checkpoint was written in, before its counter moves on
         "epochs_trained": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
         # the checkpoint's state_dict: a run with --average-weights validated and saved its average there
-        "weights": weights_held(checkpoint),
+        "weights": weights_held(checkpoint) if args.weights == "saved" else "trained",
         "split": datamodule.split.summary(),
     }
     results.update(stage_metrics(model, "val", *datamodule.validation_data()))
+    if args.validation_only:
+        return results
     results.update(stage_metrics(model, "test", *datamodule.test_data()))
     if "acc" in model.metrics["test"]:
         results["test/error"] = 1 - results["test/acc"]

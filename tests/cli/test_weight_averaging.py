@@ -289,8 +289,17 @@ def test_evaluate_scores_the_average_the_run_validated(runs: Path, tmp_path: Pat
     ]
     assert evaluated["val/recon_loss"] == pytest.approx(validated, rel=1e-5)
     assert results["val"]["val/recon_loss"] == pytest.approx(validated, rel=1e-5)
-    # the trained weights beside the average in the same checkpoint score otherwise
+    # the trained weights beside the average in the same checkpoint score otherwise, and --weights trained scores them
     model, datamodule = load_trained(best)
     model.load_state_dict(checkpoint["current_model_state"])
     trained = evaluate.stage_metrics(model, "val", *datamodule.validation_data())["val/recon_loss"]
     assert trained != pytest.approx(validated, rel=1e-3)
+    assert evaluate.main(["--ckpt", str(best), "--no-parzen", "--weights", "trained", "--json", str(out)]) == 0
+    evaluated_trained = json.loads(out.read_text())
+    assert evaluated_trained["weights"] == "trained"
+    assert evaluated_trained["val/recon_loss"] == pytest.approx(trained, rel=1e-6)
+    # the comparison a user makes to choose between the two, without the test set
+    assert evaluate.main(["--ckpt", str(best), "--weights", "trained", "--validation-only", "--json", str(out)]) == 0
+    validation_only = json.loads(out.read_text())
+    assert validation_only["val/recon_loss"] == evaluated_trained["val/recon_loss"]
+    assert not [key for key in validation_only if key.startswith(("test", "parzen"))], validation_only
