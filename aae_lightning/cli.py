@@ -14,7 +14,7 @@ from aae_lightning import VARIANTS, get_variant
 from aae_lightning.base import AutoencoderHparams
 from aae_lightning.checkpoint_io import NO_AVERAGING
 from aae_lightning.errors import UserError, flag, shown
-from aae_lightning.hparams import Accepts, OneOf, Range, declarations, positive
+from aae_lightning.hparams import Accepts, Range, declarations
 from aae_lightning.presets import load_preset, preset_names
 
 LOGGERS = ("wandb", "tensorboard", "csv", "none")
@@ -29,10 +29,6 @@ AVERAGING = ("none", "swa", "ema")
 DEFAULT_EMA_DECAY = 0.999
 #: 0 would keep the latest weights only, 1 the first ones forever
 EMA_DECAY = Range(float, 0, 1, low_open=True, high_open=True)
-#: what each weight-averaging flag accepts, checked by `check_averaging_flags` whatever gave the value: a preset's
-#: values reach argparse as defaults, which it checks against no `choices` and, unless they are text, converts with
-#: no `type`
-AVERAGING_ACCEPTS = {"average_weights": OneOf(AVERAGING), "average_from_epoch": positive(int), "ema_decay": EMA_DECAY}
 #: precisions that train 16-bit weights, in which the average is kept too: an EMA step of (1 - decay) and a late
 #: SWA step of 1/n are below their resolution
 HALF_WEIGHT_PRECISIONS = ("16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
@@ -325,15 +321,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             preset = load_preset(known.preset)
         except UserError as error:
             parser.error(str(error))
-        # an empty command line sets every flag's destination (to its default)
-        unknown = sorted(set(preset) - set(vars(parser.parse_args([]))))
-        if unknown:
-            parser.error(f"--preset {known.preset} sets unknown flags: {', '.join(unknown)}")
-        parser.set_defaults(**preset)
+        parser.set_defaults(**_read_as_flags(preset, known.preset))
     args = parser.parse_args(argv)
     if args.variant is None:
         parser.error("the following arguments are required: --variant")
     return args
+
+
+def _read_as_flags(preset: dict[str, Any], name: str) -> dict[str, Any]:
+    """A preset's values converted and checked by the parser, as if typed on the command line (a default that
+    `set_defaults` gives argparse directly is checked against no `choices` and, unless it is text, converted by no
+    `type`)."""
+    reader = build_parser()
+    reader.prog = f"{reader.prog} --preset {name}"
+    # an empty command line sets every flag's destination (to its default)
+    unknown = sorted(set(preset) - set(vars(reader.parse_args([]))))
+    if unknown:
+        reader.error(f"sets unknown flags: {', '.join(unknown)}")
+    tokens: list[str] = []
+    for key, value in preset.items():
+        if value is None:
+            reader.error(f"{key} has no value")
+        if isinstance(value, bool):  # a switch: --name or --no-name
+            tokens.append(flag(key) if value else "--no-" + flag(key)[2:])
+        elif isinstance(value, list):
+            tokens += [flag(key), *map(str, value)]
+        else:  # one token, so that a value a switch cannot take is refused by that switch's name
+            tokens.append(f"{flag(key)}={value}")
+    read = reader.parse_args(tokens)
+    return {key: getattr(read, key) for key in preset}
 
 
 def model_hparams(args: argparse.Namespace) -> dict[str, Any]:
@@ -394,15 +410,7 @@ def averaging_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_averaging_flags(args: argparse.Namespace) -> None:
-    """Weight-averaging values outside what their flag accepts (`AVERAGING_ACCEPTS`), and flags that would have no
-    effect, refused before any data is read."""
-    for name, accepts in AVERAGING_ACCEPTS.items():
-        value = getattr(args, name)
-        # None: not given, but for --average-weights, whose default is "none"
-        if (value is not None or name == "average_weights") and not accepts.allows(value):
-            # argparse has checked what the command line gave: the value came from a preset
-            source = f" (from --preset {args.preset})" if getattr(args, "preset", None) else ""
-            raise UserError(f"{flag(name)} {shown(value)}{source} is not allowed: it must be {accepts.describe()}")
+    """Weight-averaging flags that would have no effect, refused before any data is read."""
     kind = args.average_weights
     if args.ema_decay is not None and kind != "ema":
         raise UserError(f"--ema-decay applies to --average-weights ema only (now {kind})")

@@ -109,42 +109,6 @@ def write_preset(folder: Path, values: dict[str, Any]) -> Path:
     return path
 
 
-#: name -> (what a preset sets, what the one line must say). A preset's values are argparse's defaults, which it
-#: converts with the flag's type only when they are text and never checks against its choices: besides the text
-#: ones, which argparse refuses, none of these would be refused by the command line's checks.
-REFUSED_IN_A_PRESET: dict[str, tuple[dict[str, Any], list[str]]] = {
-    "unknown_kind": ({"average_weights": "mean"}, ["--average-weights 'mean'", "preset.yaml", "one of none, swa"]),
-    "kind_empty": ({"average_weights": None}, ["--average-weights None", "one of none, swa, ema"]),
-    "decay_1": ({"average_weights": "ema", "ema_decay": 1.0}, ["--ema-decay 1.0 ", "a float in (0, 1)"]),
-    "decay_int_1": ({"average_weights": "ema", "ema_decay": 1}, ["--ema-decay 1 ", "a float in (0, 1)"]),
-    "decay_0": ({"average_weights": "ema", "ema_decay": 0}, ["--ema-decay 0 ", "a float in (0, 1)"]),
-    "decay_1.5": ({"average_weights": "ema", "ema_decay": 1.5}, ["--ema-decay 1.5", "a float in (0, 1)"]),
-    "decay_text": ({"average_weights": "ema", "ema_decay": "high"}, ["--ema-decay", "high"]),
-    # the preset's 0 is refused, not taken for "not given" (epoch 1)
-    "from_epoch_0": ({"average_weights": "swa", "average_from_epoch": 0}, ["--average-from-epoch 0 ", "an int >= 1"]),
-    "from_epoch_-2": ({"average_weights": "swa", "average_from_epoch": -2}, ["--average-from-epoch -2", "an int >= 1"]),
-    "from_epoch_1.5": (
-        {"average_weights": "swa", "average_from_epoch": 1.5},
-        ["--average-from-epoch 1.5", "an int >= 1"],
-    ),
-    "from_epoch_true": (
-        {"average_weights": "swa", "average_from_epoch": True},
-        ["--average-from-epoch True", "an int >= 1"],
-    ),
-}
-
-
-@pytest.mark.parametrize("name", sorted(REFUSED_IN_A_PRESET))
-def test_averaging_values_a_preset_gives_are_checked_as_the_flags_are(
-    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    values, fragments = REFUSED_IN_A_PRESET[name]
-    preset = write_preset(tmp_path, values)
-    code, stderr = run_main(["--preset", str(preset), *CLUSTERING, *without_data(tmp_path)], capsys)
-    assert_one_line_error(code, stderr, fragments)
-    assert not (tmp_path / "runs").exists()
-
-
 def test_a_presets_averaging_is_taken_as_the_flags_are(tmp_path: Path) -> None:
     preset = write_preset(tmp_path, {"average_weights": "ema", "average_from_epoch": 2, "ema_decay": 0.9})
     from_preset = parse_args(["--preset", str(preset), "--variant", "ae"])

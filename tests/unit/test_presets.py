@@ -5,8 +5,11 @@ budget ones depart from the paper's preset only in their budget."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from aae_lightning import cli, get_variant
 from aae_lightning.errors import UserError
@@ -77,10 +80,57 @@ def test_a_preset_base_that_cannot_be_resolved_is_refused(tmp_path, files: dict[
         load_preset(str(tmp_path / next(iter(files))))
 
 
+#: name -> (what a preset sets, what the one-line refusal must say beside the preset's name): each value is refused
+#: as the same value typed after its flag would be
+REFUSED_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "epochs_0": ({"max_epochs": 0}, ["--max-epochs", "positive integer, got 0"]),
+    "epochs_text": ({"max_epochs": "ten"}, ["--max-epochs", "'ten'"]),
+    "unknown_variant": ({"variant": "vae"}, ["--variant", "'vae'"]),
+    "labels_text": ({"labels": "some"}, ["--labels", "'all'", "'some'"]),
+    "list_of_text": ({"hidden_sizes": [1000, "wide"]}, ["--hidden-sizes", "'wide'"]),
+    "switch_given_a_number": ({"download": 1}, ["--download", "ignored explicit argument"]),
+    "no_value": ({"max_epochs": None}, ["max_epochs has no value"]),
+    "unknown_flag": ({"epochs": 3}, ["unknown flags: epochs"]),
+    "unknown_averaging": ({"average_weights": "mean"}, ["--average-weights", "'mean'"]),
+    "ema_decay_1": ({"average_weights": "ema", "ema_decay": 1}, ["--ema-decay", "(0, 1), got 1"]),
+    "ema_decay_0": ({"average_weights": "ema", "ema_decay": 0.0}, ["--ema-decay", "(0, 1), got 0.0"]),
+    # 0 is refused, not taken for "not given" (epoch 1)
+    "average_from_epoch_0": ({"average_weights": "swa", "average_from_epoch": 0}, ["--average-from-epoch", "got 0"]),
+    "average_from_epoch_fraction": (
+        {"average_weights": "swa", "average_from_epoch": 1.5},
+        ["--average-from-epoch", "'1.5'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_VALUES))
+def test_a_presets_values_are_checked_as_the_flags_are(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values, fragments = REFUSED_VALUES[name]
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(yaml.safe_dump({"variant": "aae", **values}))
+    with pytest.raises(SystemExit) as refusal:
+        cli.parse_args(["--preset", str(preset)])
+    assert refusal.value.code == cli.EXIT_USER_ERROR
+    stderr = capsys.readouterr().err
+    assert len(stderr.splitlines()) == 1 and f"--preset {preset}" in stderr, stderr
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+
+
+def test_a_presets_values_are_converted_as_the_flags_are(tmp_path: Path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("variant: semi\nlabels: all\ninit_std: 1e-2\nhidden_sizes: [500, 500]\ndownload: false\n")
+    from_preset = cli.parse_args(["--preset", str(preset)])
+    typed = cli.parse_args(
+        ["--variant", "semi", "--labels", "all", "--init-std", "1e-2", "--hidden-sizes", "500", "500", "--no-download"]
+    )
+    assert vars(from_preset) == {**vars(typed), "preset": str(preset)}
+
+
 def own_settings(preset: str) -> dict:
     """What a preset's own file sets, before its base is merged in."""
-    import yaml
-
     return yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
 
 
