@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 
 from aae_lightning import VARIANTS, AutoencoderBase, get_variant
 from aae_lightning.errors import flag, shown
@@ -325,3 +326,109 @@ def flag_words(name: str, value: Any) -> list[str]:
     if isinstance(value, bool):
         return [flag(name) if value else "--no-" + flag(name)[2:]]
     return [f"{flag(name)}={value}"]
+
+
+# ----- what a run wrote: W&B records, saved images ----------------------------------------------------------------
+#: the images `semi` draws each epoch
+SEMI_IMAGES = ("latent_grid", "style_grid", "samples", "reconstructions", "latent_scatter", "confusion_matrix")
+#: a `.wandb` file's block size and chunk header size, and its chunk kinds
+BLOCK_SIZE, CHUNK_HEADER = 32 * 1024, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def wandb_records(path: Path) -> list[Any]:
+    """The records of an offline W&B run file. wandb ships no Python reader for its `.wandb` files: the file is a
+    LevelDB-style log (32 KiB blocks of chunks with a 7-byte header) of `wandb_internal_pb2.Record` protobufs, after
+    a 7-byte ":W&B" file header."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    records, pending, position = [], b"", CHUNK_HEADER
+    while position + CHUNK_HEADER <= len(data):
+        room = BLOCK_SIZE - position % BLOCK_SIZE
+        if room < CHUNK_HEADER:  # a block's tail too short for a header is padding
+            position += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + CHUNK_HEADER])
+        if position + CHUNK_HEADER + length > len(data):  # cut short: the writer had not flushed it yet
+            break
+        if kind == 0:  # zero padding up to the end of the block
+            position += room
+            continue
+        pending += data[position + CHUNK_HEADER : position + CHUNK_HEADER + length]
+        position += CHUNK_HEADER + length
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+        else:
+            assert kind in (FIRST, MIDDLE), f"corrupt chunk type {kind} in {path}"
+    # a finished run's log ends with its exit record; without it the file was read before W&B flushed it
+    assert records and records[-1].WhichOneof("record_type") == "exit", f"{path} holds no finished run"
+    return records
+
+
+def history_rows(records: list[Any]) -> list[dict[str, Any]]:
+    """Each logged row as {key: value}; a media value is a dict of its fields (path, caption, ...)."""
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row: dict[str, Any] = {}
+        for item in record.history.item:
+            keys = list(item.nested_key) or [item.key]
+            value = json.loads(item.value_json)
+            if len(keys) == 1:
+                row[keys[0]] = value
+            else:
+                row.setdefault(keys[0], {})[keys[1]] = value
+        rows.append(row)
+    # W&B numbers its rows 0, 1, 2, ...: a gap would mean the reader lost a record
+    assert [row["_step"] for row in rows] == list(range(len(rows)))
+    return rows
+
+
+def run_config(records: list[Any]) -> dict[str, Any]:
+    config = {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        for item in updates:
+            config[item.key or item.nested_key[0]] = json.loads(item.value_json)
+    return {key: value.get("value", value) if isinstance(value, dict) else value for key, value in config.items()}
+
+
+def offline_run(run_dir: Path) -> Path:
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def image_rows(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [row for row in rows if f"images/{name}" in row]
+
+
+def png_files(run_dir: Path) -> dict[str, list[str]]:
+    return {folder.name: sorted(path.name for path in folder.iterdir()) for folder in (run_dir / "images").iterdir()}
+
+
+def expected_pngs(names: tuple[str, ...], epochs: int) -> dict[str, list[str]]:
+    return {name: [f"epoch_{epoch:03d}.png" for epoch in range(epochs)] for name in names}
+
+
+def assert_wandb_images_logged_once_per_epoch(run_dir: Path, rows: list[dict[str, Any]], epochs: int) -> None:
+    """Each of `semi`'s images in the W&B run once per epoch, the very PNG the run saved, captioned with its epoch."""
+    files = offline_run(run_dir) / "files"
+    for name in SEMI_IMAGES:
+        logged = image_rows(rows, name)
+        assert [row["epoch"] for row in logged] == list(range(epochs)), (name, logged)
+        for epoch, row in enumerate(logged):
+            media = row[f"images/{name}"]
+            with (
+                Image.open(files / media["path"]) as uploaded,
+                Image.open(run_dir / "images" / name / f"epoch_{epoch:03d}.png") as saved,
+            ):
+                assert np.array_equal(np.asarray(uploaded.convert("RGB")), np.asarray(saved.convert("RGB"))), name
+            assert f"(epoch {epoch})" in media["caption"]

@@ -1,16 +1,12 @@
 """The image callbacks and the W&B run set-up, end to end through train.py on tiny data.
 
-W&B runs are real offline runs. wandb 0.31 ships no Python reader for its `.wandb` files, so `wandb_records`
-reads them here: the file is a LevelDB-style log (32 KiB blocks of chunks with a 7-byte header) of
-`wandb_internal_pb2.Record` protobufs, after a 7-byte ":W&B" file header. What the callbacks draw from a module on a
-GPU is checked on every `device` (conftest.py); the loggers they publish to, on the CPU.
+W&B runs are real offline runs, read back by `tests.helpers.wandb_records`. What the callbacks draw from a module on a
+GPU is checked on every `device` (conftest.py); the loggers they publish to, on the CPU. Under DDP:
+tests/distributed/test_ddp.py.
 """
 
 from __future__ import annotations
 
-import json
-import struct
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -26,13 +22,21 @@ from aae_lightning import VARIANTS, cli
 from aae_lightning.errors import UserError
 from aae_lightning.run_folder import run_name
 from callbacks.wandb_setup import make_wandb_logger
-from tests.helpers import REPO_ROOT, gpus_flag
+from tests.helpers import (
+    SEMI_IMAGES,
+    assert_wandb_images_logged_once_per_epoch,
+    expected_pngs,
+    gpus_flag,
+    history_rows,
+    image_rows,
+    offline_run,
+    png_files,
+    run_config,
+    wandb_records,
+)
 
 EPOCHS = 2
 VAL_SIZE = 100
-SEMI_IMAGES = ("latent_grid", "style_grid", "samples", "reconstructions", "latent_scatter", "confusion_matrix")
-BLOCK_SIZE, CHUNK_HEADER = 32 * 1024, 7
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def train_argv(
@@ -83,101 +87,6 @@ def run_in_process(argv: list[str]) -> dict[str, Any]:
     return results
 
 
-# ----- reading what the loggers wrote ---------------------------------------------------------------------------
-def wandb_records(path: Path) -> list[Any]:
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    records, pending, position = [], b"", CHUNK_HEADER
-    while position + CHUNK_HEADER <= len(data):
-        room = BLOCK_SIZE - position % BLOCK_SIZE
-        if room < CHUNK_HEADER:  # a block's tail too short for a header is padding
-            position += room
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position : position + CHUNK_HEADER])
-        if position + CHUNK_HEADER + length > len(data):  # cut short: the writer had not flushed it yet
-            break
-        if kind == 0:  # zero padding up to the end of the block
-            position += room
-            continue
-        pending += data[position + CHUNK_HEADER : position + CHUNK_HEADER + length]
-        position += CHUNK_HEADER + length
-        if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-        else:
-            assert kind in (FIRST, MIDDLE), f"corrupt chunk type {kind} in {path}"
-    # a finished run's log ends with its exit record; without it the file was read before W&B flushed it
-    assert records and records[-1].WhichOneof("record_type") == "exit", f"{path} holds no finished run"
-    return records
-
-
-def history_rows(records: list[Any]) -> list[dict[str, Any]]:
-    """Each logged row as {key: value}; a media value is a dict of its fields (path, caption, ...)."""
-    rows = []
-    for record in records:
-        if record.WhichOneof("record_type") != "history":
-            continue
-        row: dict[str, Any] = {}
-        for item in record.history.item:
-            keys = list(item.nested_key) or [item.key]
-            value = json.loads(item.value_json)
-            if len(keys) == 1:
-                row[keys[0]] = value
-            else:
-                row.setdefault(keys[0], {})[keys[1]] = value
-        rows.append(row)
-    # W&B numbers its rows 0, 1, 2, ...: a gap would mean the reader lost a record
-    assert [row["_step"] for row in rows] == list(range(len(rows)))
-    return rows
-
-
-def run_config(records: list[Any]) -> dict[str, Any]:
-    config = {}
-    for record in records:
-        kind = record.WhichOneof("record_type")
-        updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
-        for item in updates:
-            config[item.key or item.nested_key[0]] = json.loads(item.value_json)
-    return {key: value.get("value", value) if isinstance(value, dict) else value for key, value in config.items()}
-
-
-def offline_run(run_dir: Path) -> Path:
-    runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def image_rows(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [row for row in rows if f"images/{name}" in row]
-
-
-def png_files(run_dir: Path) -> dict[str, list[str]]:
-    return {folder.name: sorted(path.name for path in folder.iterdir()) for folder in (run_dir / "images").iterdir()}
-
-
-def expected_pngs(names: tuple[str, ...], epochs: int = EPOCHS) -> dict[str, list[str]]:
-    return {name: [f"epoch_{epoch:03d}.png" for epoch in range(epochs)] for name in names}
-
-
-def assert_wandb_images_logged_once_per_epoch(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    files = offline_run(run_dir) / "files"
-    for name in SEMI_IMAGES:
-        logged = image_rows(rows, name)
-        assert [row["epoch"] for row in logged] == list(range(EPOCHS)), (name, logged)
-        for epoch, row in enumerate(logged):
-            media = row[f"images/{name}"]
-            with (
-                Image.open(files / media["path"]) as uploaded,
-                Image.open(run_dir / "images" / name / f"epoch_{epoch:03d}.png") as saved,
-            ):
-                assert np.array_equal(np.asarray(uploaded.convert("RGB")), np.asarray(saved.convert("RGB"))), name
-            assert f"(epoch {epoch})" in media["caption"]
-
-
 # ----- the tests ------------------------------------------------------------------------------------------------
 def test_wandb_offline_run_holds_every_image_accuracy_and_config(tiny_mnist_dir: Path, tmp_path: Path) -> None:
     results = run_in_process(train_argv(tiny_mnist_dir, tmp_path, "semi", "wandb"))
@@ -185,8 +94,8 @@ def test_wandb_offline_run_holds_every_image_accuracy_and_config(tiny_mnist_dir:
     records = wandb_records(next(offline_run(run_dir).glob("*.wandb")))
     rows = history_rows(records)
 
-    assert png_files(run_dir) == expected_pngs(SEMI_IMAGES)
-    assert_wandb_images_logged_once_per_epoch(run_dir, rows)
+    assert png_files(run_dir) == expected_pngs(SEMI_IMAGES, EPOCHS)
+    assert_wandb_images_logged_once_per_epoch(run_dir, rows, EPOCHS)
     confusion = image_rows(rows, "confusion_matrix")[-1]["images/confusion_matrix"]["caption"]
     assert f"{VAL_SIZE} images" in confusion
 
@@ -254,7 +163,7 @@ def semi_without_logger(device: str, tiny_mnist_dir: Path, tmp_path_factory: pyt
 
 
 def test_without_a_logger_the_images_are_pngs_in_the_run_folder(semi_without_logger: Path) -> None:
-    assert png_files(semi_without_logger) == expected_pngs(SEMI_IMAGES)
+    assert png_files(semi_without_logger) == expected_pngs(SEMI_IMAGES, EPOCHS)
     sizes = {
         "latent_grid": (20 * 30 + 2,) * 2,
         "samples": (10 * 30 + 2,) * 2,
@@ -303,7 +212,7 @@ def test_variant_without_prior_or_classes_says_so_once_in_one_line_each(
     ]  # once each, over two epochs
     assert not any("\n" in message for message in said)
     assert not [warning for warning in caught if " draws nothing: " in str(warning.message)]
-    assert png_files(tmp_path / "ae-run") == expected_pngs(("reconstructions", "latent_scatter"))
+    assert png_files(tmp_path / "ae-run") == expected_pngs(("reconstructions", "latent_scatter"), EPOCHS)
 
 
 #: what each variant can show: no prior (ae) means no grid or samples; no class-conditioned decoder, no style
@@ -329,23 +238,3 @@ def test_each_variant_draws_what_it_can(variant: str, device: str, tiny_mnist_di
         cli.parse_args(train_argv(tiny_mnist_dir, tmp_path, variant, "none", "--max-epochs", "1", device=device))
     )
     assert png_files(tmp_path / f"{variant}-run") == expected_pngs(VARIANT_IMAGES[variant], epochs=1)
-
-
-def test_ddp_two_processes_log_each_image_once_into_one_run(tiny_mnist_dir: Path, tmp_path: Path) -> None:
-    """Lightning's DDP launcher re-runs the script for rank 1, so the run is a subprocess. Each rank validates
-    half of the images: the confusion matrix counting all of them proves the counts were summed over ranks."""
-    argv = train_argv(tiny_mnist_dir, tmp_path, "semi", "wandb", "--accelerator", "cpu", "--devices", "2")
-    process = subprocess.run(
-        [sys.executable, "train.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
-    )
-    assert process.returncode == 0, process.stderr[-4000:]
-    assert [path.name for path in tmp_path.iterdir()] == ["semi-run"]
-    run_dir = tmp_path / "semi-run"
-    assert png_files(run_dir) == expected_pngs(SEMI_IMAGES)
-    records = wandb_records(next(offline_run(run_dir).glob("*.wandb")))
-    rows = history_rows(records)
-    assert_wandb_images_logged_once_per_epoch(run_dir, rows)
-    for row in image_rows(rows, "confusion_matrix"):
-        assert f"{VAL_SIZE} images" in row["images/confusion_matrix"]["caption"]
-    assert run_config(records)["world_size"] == 2
-    assert [row["epoch"] for row in rows if "val/acc" in row][:EPOCHS] == list(range(EPOCHS))

@@ -1,5 +1,7 @@
 """DDP on 2 CPU processes (gloo). Lightning starts the extra ranks by re-running the launching script, so every
-multi-process run here is a subprocess running a script (never pytest itself)."""
+multi-process run here is a subprocess running a script (never pytest itself). Each launch starts two interpreters,
+which spend most of their time importing, so a few launches serve many tests (the module-scoped fixtures); the
+randomness of each rank, and resuming it, are checked here too."""
 
 from __future__ import annotations
 
@@ -7,13 +9,28 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from aae_lightning import VARIANTS
+from aae_lightning.base import rank_seed
 from datamodules.mnist import _EpochBatches
-from tests.helpers import REPO_ROOT, TINY_FLAGS, json_lines
+from tests.helpers import (
+    REPO_ROOT,
+    SEMI_IMAGES,
+    assert_wandb_images_logged_once_per_epoch,
+    expected_pngs,
+    history_rows,
+    image_rows,
+    json_lines,
+    load_checkpoint,
+    offline_run,
+    png_files,
+    run_config,
+    wandb_records,
+)
 
 #: the programs the DDP runs start (Lightning re-runs the launching script for rank 1)
 SCRIPTS = REPO_ROOT / "tests" / "scripts"
@@ -25,10 +42,36 @@ def run(args: list[str], expect_code: int = 0, timeout: float = 600) -> subproce
     return process
 
 
-def test_every_variant_trains_under_ddp_with_replicas_in_sync(tiny_mnist_dir: Path) -> None:
-    names = sorted(VARIANTS)
-    results = json_lines(run([str(SCRIPTS / "ddp_variants.py"), "--data-dir", str(tiny_mnist_dir), *names]).stdout)
-    assert [result["variant"] for result in results] == names
+@pytest.fixture(scope="module")
+def variants_on_two_processes(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every variant trained a few batches on 2 processes, then `aae` with rank 1 diverging: one launch (two
+    interpreters) for the three tests below. Rank 0's JSON line per variant, each rank's error line, and the
+    parameters each variant ended with."""
+    params = tmp_path_factory.mktemp("ddp_params")
+    process = run(
+        [
+            str(SCRIPTS / "ddp_variants.py"),
+            "--data-dir",
+            str(tiny_mnist_dir),
+            "--save-params",
+            str(params),
+            "--poisoned",
+            "aae",
+            *sorted(VARIANTS),
+        ]
+    )
+    lines = json_lines(process.stdout)
+    return {
+        "results": [line for line in lines if "error" not in line],
+        "errors": sorted((line for line in lines if "error" in line), key=lambda line: line["rank"]),
+        "params": params,
+        "stdout": process.stdout,
+    }
+
+
+def test_every_variant_trains_under_ddp_with_replicas_in_sync(variants_on_two_processes: dict[str, Any]) -> None:
+    results = variants_on_two_processes["results"]
+    assert [result["variant"] for result in results] == sorted(VARIANTS)
     for result in results:
         assert result["world_size"] == 2
         # ranks saw different halves of each batch: identical replicas prove the gradients were averaged
@@ -40,91 +83,124 @@ def test_every_variant_trains_under_ddp_with_replicas_in_sync(tiny_mnist_dir: Pa
         assert result["val_metrics"], result
 
 
-def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(tiny_mnist_dir: Path) -> None:
+def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(variants_on_two_processes: dict[str, Any]) -> None:
     """Only rank 1 diverges. Were it to stop alone, rank 0 would wait in the next gradient all-reduce for a peer
     that is gone (with NCCL, until the collective timeout)."""
-    process = run(
-        [str(SCRIPTS / "ddp_variants.py"), "--data-dir", str(tiny_mnist_dir), "--poison-rank", "1", "aae"], timeout=180
-    )
-    results = sorted(json_lines(process.stdout), key=lambda result: result["rank"])
-    assert [result["rank"] for result in results] == [0, 1], process.stdout
+    errors = variants_on_two_processes["errors"]
+    assert [(error["variant"], error["rank"]) for error in errors] == [("aae", 0), ("aae", 1)], errors
     # the flag travels with the gradients: every rank knows, and says the same
-    for result in results:
-        assert result["error"].startswith("reconstruction loss is not finite at epoch 0, batch 1;"), results
+    for error in errors:
+        assert error["error"].startswith("reconstruction loss is not finite at epoch 0, batch 1;"), errors
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+def test_two_processes_train_like_one_with_the_same_global_batch(
+    variants_on_two_processes: dict[str, Any], tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
     """Batch sizes are global and each rank takes its slice of the same global batch, so DDP on 2 processes
     follows the single-process run (the plain autoencoder has no per-rank randomness)."""
-    for devices in (1, 2):
-        out = tmp_path / str(devices)
-        out.mkdir()
-        run(
-            [
-                str(SCRIPTS / "ddp_variants.py"),
-                "--data-dir",
-                str(tiny_mnist_dir),
-                "--devices",
-                str(devices),
-                "--batches",
-                "4",
-                "--save-params",
-                str(out),
-                "ae",
-            ]
-        )
-    one, two = (torch.load(tmp_path / str(devices) / "ae.pt") for devices in (1, 2))
+    run(
+        [
+            str(SCRIPTS / "ddp_variants.py"),
+            "--data-dir",
+            str(tiny_mnist_dir),
+            "--devices",
+            "1",
+            "--save-params",
+            str(tmp_path),
+            "ae",
+        ]
+    )
+    one, two = torch.load(tmp_path / "ae.pt"), torch.load(variants_on_two_processes["params"] / "ae.pt")
     assert torch.allclose(one, two, atol=1e-5), (one - two).abs().max()
 
 
-def test_validation_metrics_identical_on_one_and_two_processes(tiny_mnist_dir: Path, tmp_path: Path) -> None:
-    """An odd validation size (99) leaves the ranks unequal shares: nothing may be padded or counted twice.
-    Also: only rank 0 writes the checkpoints, the results and the progress lines."""
-    results_file = tmp_path / "results.json"
-    process = run(
-        [
-            "train.py",
-            "--variant",
-            "semi",
-            "--data-dir",
-            str(tiny_mnist_dir),
-            "--val-size",
-            "99",
-            "--labels",
-            "100",
-            "--batch-size",
-            "50",
-            "--max-epochs",
-            "2",
-            "--accelerator",
-            "cpu",
-            "--devices",
-            "2",
-            "--logger",
-            "none",
-            "--image-every-n-epochs",
-            "0",
-            "--hidden-sizes",
-            "64",
-            "64",
-            "--disc-hidden-sizes",
-            "32",
-            "--output-dir",
-            str(tmp_path / "runs"),
-            "--run-name",
-            "ddp",
-            "--results-json",
-            str(results_file),
-        ]
+#: 99 validation images leave the ranks unequal shares (49 and 50): nothing may be padded or counted twice
+ODD_VAL_SIZE = 99
+
+
+def semi_on_two_processes(data_dir: Path, output_dir: Path, run_name: str, epochs: int, *extra: str) -> list[str]:
+    """train.py's flags for `semi` on 2 CPU processes: input noise, dropout and prior samples for two
+    discriminators, each rank drawing its own."""
+    return [
+        "--variant",
+        "semi",
+        "--data-dir",
+        str(data_dir),
+        "--no-download",
+        "--labels",
+        "100",
+        "--val-size",
+        str(ODD_VAL_SIZE),
+        "--batch-size",
+        "50",
+        "--hidden-sizes",
+        "64",
+        "64",
+        "--disc-hidden-sizes",
+        "32",
+        "--dropout",
+        "0.1",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--output-dir",
+        str(output_dir),
+        "--run-name",
+        run_name,
+        "--max-epochs",
+        str(epochs),
+        "--image-every-n-epochs",
+        "1",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def semi_run(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One two-epoch run of train.py's `semi` on 2 processes, logging to W&B (offline) with every image each epoch,
+    for the tests below: one launch (two interpreters, which spend most of their time importing). Run through
+    `train_then_report_process_group.py`, which calls train.py's `main` and then says, per rank, whether the
+    process group is still held."""
+    output = tmp_path_factory.mktemp("ddp_semi")
+    results = output / "results.json"
+    argv = semi_on_two_processes(
+        tiny_mnist_dir, output / "runs", "whole", 2, "--logger", "wandb", "--results-json", str(results)
     )
-    assert process.stdout.count('"best_checkpoint"') == 1  # the results are printed (and written) by rank 0 only
-    assert [line.split(" | ")[0] for line in process.stdout.splitlines() if line.startswith("epoch ")] == [
+    process = run([str(SCRIPTS / "train_then_report_process_group.py"), *argv])
+    return {"stdout": process.stdout, "results": json.loads(results.read_text()), "runs": output / "runs"}
+
+
+def test_rank_zero_alone_writes_results_progress_and_checkpoints(semi_run: dict[str, Any]) -> None:
+    stdout = semi_run["stdout"]
+    assert stdout.count('"best_checkpoint"') == 1  # the results are printed (and written) by rank 0 only
+    assert [line.split(" | ")[0] for line in stdout.splitlines() if line.startswith("epoch ")] == [
         "epoch 1/2",
         "epoch 2/2",
     ]
-    results = json.loads(results_file.read_text())
-    checkpoints = sorted(path.name for path in (tmp_path / "runs" / "ddp" / "checkpoints").iterdir())
+    assert [path.name for path in semi_run["runs"].iterdir()] == ["whole"]
+    checkpoints = sorted(path.name for path in (semi_run["runs"] / "whole" / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints, checkpoints
+
+
+def test_each_image_is_logged_once_into_one_wandb_run(semi_run: dict[str, Any]) -> None:
+    """Each rank validates part of the images: the confusion matrix counting all of them proves the counts were
+    summed over the ranks."""
+    run_dir = semi_run["runs"] / "whole"
+    assert png_files(run_dir) == expected_pngs(SEMI_IMAGES, 2)
+    records = wandb_records(next(offline_run(run_dir).glob("*.wandb")))
+    rows = history_rows(records)
+    assert_wandb_images_logged_once_per_epoch(run_dir, rows, 2)
+    for row in image_rows(rows, "confusion_matrix"):
+        assert f"{ODD_VAL_SIZE} images" in row["images/confusion_matrix"]["caption"]
+    assert run_config(records)["world_size"] == 2
+    assert [row["epoch"] for row in rows if "val/acc" in row][:2] == [0, 1]
+
+
+def test_validation_metrics_identical_on_one_and_two_processes(semi_run: dict[str, Any]) -> None:
+    results = semi_run["results"]
     metrics = {}
     for devices in (1, 2):
         # batch 20 leaves a short last batch on each rank (49 and 50 images) as well
@@ -144,28 +220,44 @@ def test_validation_metrics_identical_on_one_and_two_processes(tiny_mnist_dir: P
     assert metrics[1]["val/recon_loss"] == pytest.approx(metrics[2]["val/recon_loss"], rel=1e-6)
 
 
-def test_train_py_leaves_the_process_group_before_it_returns(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+def test_train_py_leaves_the_process_group_before_it_returns(semi_run: dict[str, Any]) -> None:
     """Left to interpreter shutdown, the gloo group's threads can abort a finished run with exit code -6
     ("terminate called without an active exception"): on some runs only, so the check is on its cause."""
-    process = run(
+    # train.py's results, printed by rank 0, are indented JSON, whose lines do not start with this
+    reports = sorted(json_lines(semi_run["stdout"], start='{"rank"'), key=lambda report: report["rank"])
+    assert reports == [{"rank": rank, "exit_code": 0, "holds_process_group": False} for rank in (0, 1)], reports
+
+
+def test_each_rank_has_its_own_streams_and_resuming_continues_them(
+    semi_run: dict[str, Any], tiny_mnist_dir: Path, tmp_path: Path
+) -> None:
+    """The run above in two pieces: one epoch, then resumed to two. Every rank's noise, dropout and prior samples
+    must continue as in one piece."""
+    run(["train.py", *semi_on_two_processes(tiny_mnist_dir, tmp_path, "pieces", 1), "--logger", "none"])
+    run(
         [
-            str(SCRIPTS / "train_then_report_process_group.py"),
-            "--variant",
-            "aae",
-            "--data-dir",
-            str(tiny_mnist_dir),
-            *TINY_FLAGS,
-            "--accelerator",
-            "cpu",
-            "--devices",
-            "2",
-            "--output-dir",
-            str(tmp_path),
+            "train.py",
+            *semi_on_two_processes(tiny_mnist_dir, tmp_path, "pieces", 2),
+            "--logger",
+            "none",
+            "--ckpt-path",
+            "last",
         ]
     )
-    # train.py's results, printed by rank 0, are indented JSON, whose lines do not start with this
-    reports = sorted(json_lines(process.stdout, start='{"rank"'), key=lambda report: report["rank"])
-    assert reports == [{"rank": rank, "exit_code": 0, "holds_process_group": False} for rank in (0, 1)], process.stdout
+    whole, pieces = (
+        load_checkpoint(folder / "checkpoints" / "last.ckpt")
+        for folder in (semi_run["runs"] / "whole", tmp_path / "pieces")
+    )
+    assert whole["epoch"] == pieces["epoch"] == 1
+    ranks = whole["aae_rng"]["ranks"]
+    assert len(ranks) == 2
+    for stream in ("torch", "prior_generator"):
+        assert not torch.equal(ranks[0][stream], ranks[1][stream]), f"both ranks share the {stream} stream"
+        for rank in (0, 1):
+            assert torch.equal(ranks[rank][stream], pieces["aae_rng"]["ranks"][rank][stream]), (stream, rank)
+    # the same weights in one piece and in two
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, pieces["state_dict"][name]), name
 
 
 def test_batch_size_that_does_not_split_over_devices_is_refused_once(tiny_mnist_dir: Path) -> None:
@@ -210,3 +302,9 @@ def test_labeled_set_on_eight_ranks_is_used_whole_and_not_repeated_across_ranks(
         assert len(set.union(*per_rank)) == 48  # no two ranks drew the same labeled image this step
         seen |= set.union(*per_rank)
     assert seen == set(labeled.tolist())
+
+
+def test_rank_seeds_differ_for_every_seed_and_rank() -> None:
+    seeds = {rank_seed(seed, rank) for seed in range(4) for rank in range(1, 9)}
+    assert len(seeds) == 4 * 8
+    assert all(0 <= seed < 2**64 for seed in seeds)

@@ -3,8 +3,9 @@ by re-running the launching script: it must never be pytest itself.
 
 For each variant named on the command line: train a few batches on `--devices` CPU processes, then check on
 every rank that DDP kept the replicas identical and that training moved them. Rank 0 prints one JSON line per
-variant. With `--poison-rank R`, rank R's decoder turns NaN before the second batch, and every rank prints the
-error training stopped with.
+variant. Then, with `--poisoned VARIANT`, that variant trains with rank `--poison-rank`'s decoder turned NaN before
+the second batch, and every rank prints the error training stopped with. One launch serves several tests: each
+starts two interpreters, which spend most of their time importing.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--save-params", default=None, help="folder for each variant's final parameters (rank 0)")
-    parser.add_argument("--poison-rank", type=int, default=None, help="the rank whose decoder turns NaN at batch 1")
-    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--poisoned", default=None, help="a variant to train last, with one rank's decoder NaN")
+    parser.add_argument("--poison-rank", type=int, default=1, help="the rank whose decoder turns NaN at batch 1")
+    parser.add_argument("variants", nargs="*")
     args = parser.parse_args()
-    for name in args.variants:
+    runs = [(name, None) for name in args.variants]
+    if args.poisoned is not None:
+        runs.append((args.poisoned, args.poison_rank))
+    for name, poison_rank in runs:
         cls = get_variant(name)
         hparams = {key: value for key, value in SMALL_NETWORKS.items() if key in cls.Hparams.__dataclass_fields__}
         pl.seed_everything(0, verbose=False)
@@ -71,9 +76,9 @@ def main() -> None:
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            callbacks=[] if args.poison_rank is None else [PoisonDecoder(args.poison_rank)],
+            callbacks=[] if poison_rank is None else [PoisonDecoder(poison_rank)],
         )
-        if args.poison_rank is not None:
+        if poison_rank is not None:
             try:
                 trainer.fit(model, datamodule=datamodule)
                 error = None
