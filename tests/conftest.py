@@ -25,6 +25,28 @@ def share_the_cores_among_workers() -> None:
 
 share_the_cores_among_workers()
 
+#: the modules that take longest, in that order: the learning checks on the real MNIST, and those that start Python
+#: interpreters (DDP ranks, runs killed and resumed, notebook kernels, train.py's refusals), which spend seconds
+#: importing. pytest-xdist hands whole modules to its workers in collection order (setup.cfg:
+#: `--no-loadscope-reorder`; by default it starts with the modules that hold the most tests, the quick generated
+#: ones), so these start first and no worker is left with one of them at the end while the other waits.
+LONGEST_FIRST = (
+    "learning/test_learning.py",
+    "distributed/test_ddp.py",
+    "cli/test_resume.py",
+    "scripts_and_notebooks/test_notebooks.py",
+    "cli/test_errors.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(Path(__file__).parent).as_posix()
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the other modules, and the tests within each, keep their order
+
+
 CUDA = pytest.param(
     "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 )
