@@ -2,7 +2,7 @@
 traceback, before a run starts; and the one bad flag that only shows during training, a learning rate that makes a
 loss NaN: one line naming the phase, epoch and batch, exit code 3, and the last checkpoint from before.
 
-Starting Python with torch and Lightning costs seconds, so the cases of each section share one child process that
+Starting Python with torch and Lightning costs seconds, so the cases of every section share one child process that
 calls `train.main` once per case (`tests.helpers.run_cases`) with stderr (the file descriptor, so Lightning's log
 lines count too) sent to a file, started at module setup; a few go through `python train.py` itself. The values
 just outside each hyperparameter's declaration call `train.main` in this process (a few milliseconds each).
@@ -66,46 +66,66 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
 
 
 @pytest.fixture(scope="module")
-def launched(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
-    """Starts the cases' child process and the script's own run at once: they spend most of their time importing."""
-    work = tmp_path_factory.mktemp("cli")
+def started(tiny_mnist_dir: Path, semi_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Every case of the three sections below through `train.main` in one child process (`tests.helpers.run_cases`),
+    and the few that go through `python train.py` itself, all started at once: they spend most of their time
+    importing. Each section's cases have a folder of their own. Gives each section's results by case name."""
+    cli_work = tmp_path_factory.mktemp("cli")
     places = {
         "tiny": str(tiny_mnist_dir),
-        "empty": str(work / "empty"),
-        "truncated": str(work / "truncated"),
-        "runs": str(work / "runs"),
+        "empty": str(cli_work / "empty"),
+        "truncated": str(cli_work / "truncated"),
+        "runs": str(cli_work / "runs"),
     }
-    (work / "empty").mkdir()
-    shutil.copytree(tiny_mnist_dir / "MNIST", work / "truncated" / "MNIST")
-    images = work / "truncated" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    (cli_work / "empty").mkdir()
+    shutil.copytree(tiny_mnist_dir / "MNIST", cli_work / "truncated" / "MNIST")
+    images = cli_work / "truncated" / "MNIST" / "raw" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:1000])
-    run = Launched(work, places, {})
-    run.processes = {
-        "errors": start_cases({name: run.fill(argv) for name, (argv, _) in ERROR_CASES.items()}, work),
-        # the acceptance check, through the real entry point
-        "no_cuda": start(train_py("--variant", "ae", "--gpus", "1"), cwd=REPO_ROOT),
+    bad_input_work = tmp_path_factory.mktemp("bad_input")
+    bad_input = error_cases(tiny_mnist_dir, bad_input_work, semi_checkpoint)
+    examples_work = tmp_path_factory.mktemp("hparam_examples")
+    examples = examples_argv(tiny_mnist_dir, examples_work)
+    sections = {
+        "cli": {name: [text.format(**places) for text in argv] for name, (argv, _) in ERROR_CASES.items()},
+        "bad_input": {name: argv for name, (argv, _) in bad_input.items()}
+        | {"nan": nan_run(tiny_mnist_dir, bad_input_work)},
+        "examples": examples,
     }
-    yield run
-    run.stop()
-
-
-@pytest.fixture(scope="module")
-def error_results(launched: Launched) -> dict[str, dict[str, object]]:
-    code, _, stderr = launched.finish("errors")
-    assert code == 0, stderr
-    return case_results(launched.work)
+    work = tmp_path_factory.mktemp("cases")
+    everything = {f"{section}/{name}": argv for section, cases in sections.items() for name, argv in cases.items()}
+    run = Launched(work, places, {"cases": start_cases(everything, work)})
+    # the acceptance check, through the real entry point
+    run.processes["no_cuda"] = start(train_py("--variant", "ae", "--gpus", "1"), cwd=REPO_ROOT)
+    run.processes |= {name: start(train_py(*examples[name]), cwd=REPO_ROOT) for name in THROUGH_THE_SCRIPT}
+    try:
+        scripts = {name: run.finish(name) for name in run.processes}
+        code, _, stderr = scripts.pop("cases")
+        assert code == 0, stderr
+        results = case_results(work)
+        yield {
+            "places": places,
+            "results": {
+                section: {name: results[f"{section}/{name}"] for name in cases} for section, cases in sections.items()
+            },
+            "scripts": scripts,
+            "bad_input": {"work": bad_input_work, "cases": bad_input},
+            "examples_work": examples_work,
+        }
+    finally:
+        run.stop()
 
 
 @pytest.mark.parametrize("name", sorted(ERROR_CASES))
-def test_user_error_is_one_line_and_exit_code_2(launched: Launched, error_results: dict, name: str) -> None:
-    result = error_results[name]
-    assert_one_line_error(result["code"], result["stderr"], launched.fill(ERROR_CASES[name][1]))
+def test_user_error_is_one_line_and_exit_code_2(started: dict, name: str) -> None:
+    result = started["results"]["cli"][name]
+    fragments = [text.format(**started["places"]) for text in ERROR_CASES[name][1]]
+    assert_one_line_error(result["code"], result["stderr"], fragments)
 
 
-def test_gpus_without_cuda_through_the_script(launched: Launched) -> None:
+def test_gpus_without_cuda_through_the_script(started: dict) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
-    code, stdout, stderr = launched.finish("no_cuda")
+    code, stdout, stderr = started["scripts"]["no_cuda"]
     assert_one_line_error(code, stderr, ["--gpus 1", "--gpus 0"])
     assert stdout == ""
 
@@ -290,14 +310,8 @@ def semi_checkpoint(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
-def cases(tiny_mnist_dir: Path, semi_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    work = tmp_path_factory.mktemp("bad_input")
-    cases = error_cases(tiny_mnist_dir, work, semi_checkpoint)
-    argv = {name: argv for name, (argv, _) in cases.items()} | {"nan": nan_run(tiny_mnist_dir, work)}
-    child = start_cases(argv, work)
-    _, stderr = child.communicate(timeout=600)
-    assert child.returncode == 0, stderr
-    return {"work": work, "cases": cases, "results": case_results(work)}
+def cases(started: dict) -> dict:
+    return {**started["bad_input"], "results": started["results"]["bad_input"]}
 
 
 CASE_NAMES = [
@@ -447,15 +461,11 @@ ISSUE_EXAMPLES: dict[str, tuple[str, list[str], list[str]]] = {
 THROUGH_THE_SCRIPT = ("dropout_above_1", "unknown_precision")
 
 
-@pytest.fixture(scope="module")
-def examples(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Every example through `train.main` in one child process (`tests.helpers.run_cases`), and a few through the
-    script, all started at once, on data a run could train on: only the check stands between each of them and
-    training."""
-    work = tmp_path_factory.mktemp("hparam_examples")
+def examples_argv(tiny: Path, work: Path) -> dict[str, list[str]]:
+    """Each example on data a run could train on: only the check stands between it and training."""
     common = [
         "--data-dir",
-        str(tiny_mnist_dir),
+        str(tiny),
         *TINY,
         "--max-epochs",
         "1",
@@ -466,32 +476,21 @@ def examples(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "--output-dir",
         str(work / "runs"),
     ]
-    argv = {name: ["--variant", variant, *flags, *common] for name, (variant, flags, _) in ISSUE_EXAMPLES.items()}
-    run = Launched(work, {}, {"cases": start_cases(argv, work)})
-    run.processes |= {name: start(train_py(*argv[name]), cwd=REPO_ROOT) for name in THROUGH_THE_SCRIPT}
-    try:
-        finished = {
-            name: (process.communicate(timeout=600), process.returncode) for name, process in run.processes.items()
-        }
-        (_, stderr), code = finished.pop("cases")
-        assert code == 0, stderr
-        yield {"work": work, "results": case_results(work), "scripts": finished}
-    finally:
-        run.stop()
+    return {name: ["--variant", variant, *flags, *common] for name, (variant, flags, _) in ISSUE_EXAMPLES.items()}
 
 
 @pytest.mark.parametrize("name", sorted(ISSUE_EXAMPLES))
-def test_the_issues_example_is_one_line_and_exit_code_2(examples: dict[str, Any], name: str) -> None:
-    result = examples["results"][name]
+def test_the_issues_example_is_one_line_and_exit_code_2(started: dict, name: str) -> None:
+    result = started["results"]["examples"][name]
     assert_one_line_error(result["code"], result["stderr"], ISSUE_EXAMPLES[name][2])
 
 
 @pytest.mark.parametrize("name", THROUGH_THE_SCRIPT)
-def test_the_issues_example_through_the_script(examples: dict[str, Any], name: str) -> None:
-    (stdout, stderr), code = examples["scripts"][name]
+def test_the_issues_example_through_the_script(started: dict, name: str) -> None:
+    code, stdout, stderr = started["scripts"][name]
     assert_one_line_error(code, stderr, ISSUE_EXAMPLES[name][2])
     assert stdout == ""
 
 
-def test_no_example_starts_a_run(examples: dict[str, Any]) -> None:
-    assert not (examples["work"] / "runs").exists()
+def test_no_example_starts_a_run(started: dict) -> None:
+    assert not (started["examples_work"] / "runs").exists()
