@@ -13,7 +13,7 @@ from typing import Any, NoReturn, Protocol
 from aae_lightning import VARIANTS, get_variant
 from aae_lightning.base import AutoencoderHparams
 from aae_lightning.checkpoint_io import NO_AVERAGING
-from aae_lightning.errors import UserError, flag, shown
+from aae_lightning.errors import UserError, flag, flag_words, shown
 from aae_lightning.hparams import Accepts, Range, declarations
 from aae_lightning.presets import load_preset, preset_names
 
@@ -338,17 +338,10 @@ def _read_as_flags(preset: dict[str, Any], name: str) -> dict[str, Any]:
     unknown = sorted(set(preset) - set(vars(reader.parse_args([]))))
     if unknown:
         reader.error(f"sets unknown flags: {', '.join(unknown)}")
-    tokens: list[str] = []
     for key, value in preset.items():
         if value is None:
             reader.error(f"{key} has no value")
-        if isinstance(value, bool):  # a switch: --name or --no-name
-            tokens.append(flag(key) if value else "--no-" + flag(key)[2:])
-        elif isinstance(value, list):
-            tokens += [flag(key), *map(str, value)]
-        else:  # one token, so that a value a switch cannot take is refused by that switch's name
-            tokens.append(f"{flag(key)}={value}")
-    read = reader.parse_args(tokens)
+    read = reader.parse_args([word for key, value in preset.items() for word in flag_words(key, value)])
     return {key: getattr(read, key) for key in preset}
 
 

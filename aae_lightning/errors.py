@@ -36,6 +36,17 @@ def shown(value: Any) -> str:
     return str(value)
 
 
+def flag_words(name: str, value: Any) -> list[str]:
+    """`value` as the command line's words for the setting `name`: a list's items as words of their own, a switch
+    by its spelling, anything else after '=' (so that '-inf' or '' is read as the value, not as a flag, and a value
+    a switch cannot take is refused by that switch's name)."""
+    if isinstance(value, (list, tuple)):
+        return [flag(name), *map(str, value)]
+    if isinstance(value, bool):
+        return [flag(name) if value else "--no-" + flag(name)[2:]]
+    return [f"{flag(name)}={value}"]
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message that is not blank ('' if there is none): another library's error,
     quoted in a one-line message."""

@@ -1,7 +1,7 @@
 """What more than one test file needs, other than fixtures (those are in conftest.py): the repository's paths, tiny
 MNIST files, a quiet trainer, train.py run from the outside and in this process, the check of a one-line user error,
-a checkpoint file's contents, the benchmark scripts as modules, and the hyperparameter declarations the generated
-range checks are made from."""
+a checkpoint file's contents, the benchmark scripts as modules, the hyperparameter declarations the generated
+range checks are made from, and what a run wrote (its W&B records, its saved images)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from aae_lightning import VARIANTS, AutoencoderBase, get_variant
-from aae_lightning.errors import flag, shown
+from aae_lightning.errors import shown
 from aae_lightning.hparams import Accepts, declarations
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -316,16 +316,6 @@ def declaration_cases(values: Callable[[Accepts], list[Any]]) -> list[Any]:
         for declared in distinct_declarations()
         for value in values(declared.accepts)
     ]
-
-
-def flag_words(name: str, value: Any) -> list[str]:
-    """`value` as train.py's words for the field `name`: a list's items as words of their own, a switch by its
-    spelling, anything else after '=' (so that '-inf' or '' is read as the value, not as a flag)."""
-    if isinstance(value, tuple):
-        return [flag(name), *map(str, value)]
-    if isinstance(value, bool):
-        return [flag(name) if value else "--no-" + flag(name)[2:]]
-    return [f"{flag(name)}={value}"]
 
 
 # ----- what a run wrote: W&B records, saved images ----------------------------------------------------------------

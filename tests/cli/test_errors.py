@@ -22,7 +22,7 @@ import torch
 
 import train
 from aae_lightning import cli
-from aae_lightning.errors import flag, shown
+from aae_lightning.errors import flag, flag_words, shown
 from tests.helpers import (
     REPO_ROOT,
     TINY,
@@ -31,7 +31,6 @@ from tests.helpers import (
     assert_one_line_error,
     case_results,
     declaration_cases,
-    flag_words,
     run_main,
     start,
     start_cases,

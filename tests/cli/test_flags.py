@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from aae_lightning.cli import model_hparams, parse_args
+from aae_lightning.errors import flag_words
 from aae_lightning.hardware import check_lightning_flags
-from tests.helpers import Declaration, declaration_cases, flag_words
+from tests.helpers import Declaration, declaration_cases
 
 #: (declaration, value) for every distinct declaration (tests.helpers.distinct_declarations) and each edge value;
 #: that each variant builds with the edge values of its own fields: tests/unit/test_hparams.py
