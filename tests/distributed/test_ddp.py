@@ -20,6 +20,7 @@ from datamodules.mnist import _EpochBatches
 from tests.helpers import (
     REPO_ROOT,
     SEMI_IMAGES,
+    assert_same_tensors,
     assert_wandb_images_logged_once_per_epoch,
     expected_pngs,
     history_rows,
@@ -120,7 +121,8 @@ ODD_VAL_SIZE = 99
 
 def semi_on_two_processes(data_dir: Path, output_dir: Path, run_name: str, epochs: int, *extra: str) -> list[str]:
     """train.py's flags for `semi` on 2 CPU processes: input noise, dropout and prior samples for two
-    discriminators, each rank drawing its own."""
+    discriminators, each rank drawing its own, and the weights averaged from the first batch on (each rank keeps the
+    average of its replica, the same on every rank): a run stopped after epoch 1 is stopped amid its average."""
     return [
         "--variant",
         "semi",
@@ -146,6 +148,8 @@ def semi_on_two_processes(data_dir: Path, output_dir: Path, run_name: str, epoch
         "2",
         "--strategy",
         "ddp",
+        "--average-weights",
+        "swa",
         "--output-dir",
         str(output_dir),
         "--run-name",
@@ -195,7 +199,8 @@ def test_each_image_is_logged_once_into_one_wandb_run(semi_run: dict[str, Any]) 
     assert_wandb_images_logged_once_per_epoch(run_dir, rows, 2)
     for row in image_rows(rows, "confusion_matrix"):
         assert f"{ODD_VAL_SIZE} images" in row["images/confusion_matrix"]["caption"]
-    assert run_config(records)["world_size"] == 2
+    config = run_config(records)
+    assert config["world_size"] == 2 and config["average_weights"] == "swa" and config["average_from_epoch"] == 1
     assert [row["epoch"] for row in rows if "val/acc" in row][:2] == [0, 1]
 
 
@@ -255,9 +260,12 @@ def test_each_rank_has_its_own_streams_and_resuming_continues_them(
         assert not torch.equal(ranks[0][stream], ranks[1][stream]), f"both ranks share the {stream} stream"
         for rank in (0, 1):
             assert torch.equal(ranks[rank][stream], pieces["aae_rng"]["ranks"][rank][stream]), (stream, rank)
-    # the same weights in one piece and in two
-    for name, tensor in whole["state_dict"].items():
-        assert torch.equal(tensor, pieces["state_dict"][name]), name
+    # the same weights in one piece and in two, averaged (`state_dict`) and trained
+    assert_same_tensors(whole["state_dict"], pieces["state_dict"], "state_dict")
+    assert_same_tensors(whole["current_model_state"], pieces["current_model_state"], "current_model_state")
+    assert_same_tensors(whole["averaging_state"], pieces["averaging_state"], "averaging_state")
+    trained = whole["current_model_state"]
+    assert any(not torch.equal(whole["state_dict"][name], trained[name]) for name in trained)  # an average indeed
 
 
 def test_batch_size_that_does_not_split_over_devices_is_refused_once(tiny_mnist_dir: Path) -> None:
