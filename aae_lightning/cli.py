@@ -177,12 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"allowed: {declarations(AutoencoderHparams)['seed'].describe()}",
     )
     run.add_argument(
-        "--fast-dev-run", action="store_true", help="one batch of training, validation (and test) as a smoke test"
+        "--fast-dev-run",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="one batch of training, validation (and test) as a smoke test",
     )
     run.add_argument(
         "--ckpt-path", default=None, help="resume from this checkpoint (or 'last': the newest last.ckpt of --run-name)"
     )
-    run.add_argument("--test", action="store_true", help="after training, evaluate the best checkpoint on the test set")
+    run.add_argument(
+        "--test",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="after training, evaluate the best checkpoint on the test set",
+    )
     run.add_argument(
         "--results-json",
         type=Path,
@@ -335,13 +343,18 @@ def _read_as_flags(preset: dict[str, Any], name: str) -> dict[str, Any]:
     reader = build_parser()
     reader.prog = f"{reader.prog} --preset {name}"
     # an empty command line sets every flag's destination (to its default)
-    unknown = sorted(set(preset) - set(vars(reader.parse_args([]))))
+    defaults = vars(reader.parse_args([]))
+    unknown = sorted(set(preset) - set(defaults))
     if unknown:
         reader.error(f"sets unknown flags: {', '.join(unknown)}")
-    for key, value in preset.items():
-        if value is None:
-            reader.error(f"{key} has no value")
-    read = reader.parse_args([word for key, value in preset.items() for word in flag_words(key, value)])
+    given = {key: value for key, value in preset.items() if value is not None}
+    for key in preset.keys() - given.keys():
+        # null: the flag not given, which undoes what a base preset gives it; a flag with a value by default has no
+        # such state
+        if defaults[key] is not None:
+            reader.error(f"{flag(key)} has no value")
+    read = reader.parse_args([word for key, value in given.items() for word in flag_words(key, value)])
+    return {key: getattr(read, key) if key in given else None for key in preset}
     return {key: getattr(read, key) for key in preset}
 
 

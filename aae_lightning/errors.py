@@ -1,5 +1,6 @@
 """Errors caused by what a user asked for, and the words their one-line messages are made of: a setting's flag, a
-value as the command line gives it, the first line of another library's error, a data-layer error in flag terms.
+value as the command line gives it (and as its words, `flag_words`), the first line of another library's error, a
+data-layer error in flag terms.
 The CLI shows a `UserError`'s message as one line and exits with code 2."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ share_the_cores_among_workers()
 #: interpreters (DDP ranks, runs killed and resumed, notebook kernels, train.py's refusals), which spend seconds
 #: importing. pytest-xdist hands whole modules to its workers in collection order (setup.cfg:
 #: `--no-loadscope-reorder`; by default it starts with the modules that hold the most tests, the quick generated
-#: ones), so these start first and no worker is left with one of them at the end while the other waits.
+#: ones), so these start early, while the quick modules fill in around them.
 LONGEST_FIRST = (
     "learning/test_learning.py",
     "distributed/test_ddp.py",
@@ -40,11 +40,13 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        path = item.path.relative_to(Path(__file__).parent).as_posix()
+    tests = Path(__file__).parent
+
+    def position(item: pytest.Item) -> int:
+        path = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else None
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
-    items.sort(key=rank)  # stable: the other modules, and the tests within each, keep their order
+    items.sort(key=position)  # stable: the other modules, and the tests within each, keep their order
 
 
 CUDA = pytest.param(

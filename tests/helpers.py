@@ -205,18 +205,14 @@ def case_results(work: Path) -> dict[str, dict[str, Any]]:
 @dataclass
 class Launched:
     """Processes started together at module setup (they spend most of their time importing), and where they
-    write; `places` fills the placeholders of the texts a test expects."""
+    write."""
 
     work: Path
-    places: dict[str, str]
     processes: dict[str, subprocess.Popen]
 
     def finish(self, name: str) -> tuple[int, str, str]:
         stdout, stderr = self.processes[name].communicate(timeout=900)
         return self.processes[name].returncode, stdout, stderr
-
-    def fill(self, texts: list[str]) -> list[str]:
-        return [text.format(**self.places) for text in texts]
 
     def stop(self) -> None:
         """Kill what is still running: a failed test may leave a process behind."""

@@ -64,8 +64,13 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+def fill(texts: list[str], places: dict[str, str]) -> list[str]:
+    """`texts` with their placeholders ({tiny}, {empty}, ...) filled in."""
+    return [text.format(**places) for text in texts]
+
+
 @pytest.fixture(scope="module")
-def started(tiny_mnist_dir: Path, semi_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def refusals(tiny_mnist_dir: Path, semi_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Every case of the three sections below through `train.main` in one child process (`tests.helpers.run_cases`),
     and the few that go through `python train.py` itself, all started at once: they spend most of their time
     importing. Each section's cases have a folder of their own. Gives each section's results by case name."""
@@ -85,14 +90,14 @@ def started(tiny_mnist_dir: Path, semi_checkpoint: Path, tmp_path_factory: pytes
     examples_work = tmp_path_factory.mktemp("hparam_examples")
     examples = examples_argv(tiny_mnist_dir, examples_work)
     sections = {
-        "cli": {name: [text.format(**places) for text in argv] for name, (argv, _) in ERROR_CASES.items()},
+        "cli": {name: fill(argv, places) for name, (argv, _) in ERROR_CASES.items()},
         "bad_input": {name: argv for name, (argv, _) in bad_input.items()}
         | {"nan": nan_run(tiny_mnist_dir, bad_input_work)},
         "examples": examples,
     }
     work = tmp_path_factory.mktemp("cases")
     everything = {f"{section}/{name}": argv for section, cases in sections.items() for name, argv in cases.items()}
-    run = Launched(work, places, {"cases": start_cases(everything, work)})
+    run = Launched(work, {"cases": start_cases(everything, work)})
     # the acceptance check, through the real entry point
     run.processes["no_cuda"] = start(train_py("--variant", "ae", "--gpus", "1"), cwd=REPO_ROOT)
     run.processes |= {name: start(train_py(*examples[name]), cwd=REPO_ROOT) for name in THROUGH_THE_SCRIPT}
@@ -115,16 +120,16 @@ def started(tiny_mnist_dir: Path, semi_checkpoint: Path, tmp_path_factory: pytes
 
 
 @pytest.mark.parametrize("name", sorted(ERROR_CASES))
-def test_user_error_is_one_line_and_exit_code_2(started: dict, name: str) -> None:
-    result = started["results"]["cli"][name]
-    fragments = [text.format(**started["places"]) for text in ERROR_CASES[name][1]]
+def test_user_error_is_one_line_and_exit_code_2(refusals: dict, name: str) -> None:
+    result = refusals["results"]["cli"][name]
+    fragments = fill(ERROR_CASES[name][1], refusals["places"])
     assert_one_line_error(result["code"], result["stderr"], fragments)
 
 
-def test_gpus_without_cuda_through_the_script(started: dict) -> None:
+def test_gpus_without_cuda_through_the_script(refusals: dict) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
-    code, stdout, stderr = started["scripts"]["no_cuda"]
+    code, stdout, stderr = refusals["scripts"]["no_cuda"]
     assert_one_line_error(code, stderr, ["--gpus 1", "--gpus 0"])
     assert stdout == ""
 
@@ -309,8 +314,8 @@ def semi_checkpoint(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
-def cases(started: dict) -> dict:
-    return {**started["bad_input"], "results": started["results"]["bad_input"]}
+def cases(refusals: dict) -> dict:
+    return {**refusals["bad_input"], "results": refusals["results"]["bad_input"]}
 
 
 CASE_NAMES = [
@@ -479,17 +484,17 @@ def examples_argv(tiny: Path, work: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("name", sorted(ISSUE_EXAMPLES))
-def test_the_issues_example_is_one_line_and_exit_code_2(started: dict, name: str) -> None:
-    result = started["results"]["examples"][name]
+def test_the_issues_example_is_one_line_and_exit_code_2(refusals: dict, name: str) -> None:
+    result = refusals["results"]["examples"][name]
     assert_one_line_error(result["code"], result["stderr"], ISSUE_EXAMPLES[name][2])
 
 
 @pytest.mark.parametrize("name", THROUGH_THE_SCRIPT)
-def test_the_issues_example_through_the_script(started: dict, name: str) -> None:
-    code, stdout, stderr = started["scripts"][name]
+def test_the_issues_example_through_the_script(refusals: dict, name: str) -> None:
+    code, stdout, stderr = refusals["scripts"][name]
     assert_one_line_error(code, stderr, ISSUE_EXAMPLES[name][2])
     assert stdout == ""
 
 
-def test_no_example_starts_a_run(started: dict) -> None:
-    assert not (started["examples_work"] / "runs").exists()
+def test_no_example_starts_a_run(refusals: dict) -> None:
+    assert not (refusals["examples_work"] / "runs").exists()

@@ -20,7 +20,7 @@ def launched(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """Starts both runs at once: they spend most of their time importing."""
     work = tmp_path_factory.mktemp("train_py_runs")
     on_tiny = ["--data-dir", str(tiny_mnist_dir), *TINY, "--output-dir", str(work / "runs")]
-    run = Launched(work, {}, {})
+    run = Launched(work, {})
     run.processes = {
         "end_to_end": start(
             train_py(

@@ -59,14 +59,14 @@ def variants_on_two_processes(tiny_mnist_dir: Path, tmp_path_factory: pytest.Tem
             "--poisoned",
             "aae",
             *sorted(VARIANTS),
-        ]
+        ],
+        timeout=900,
     )
     lines = json_lines(process.stdout)
     return {
         "results": [line for line in lines if "error" not in line],
         "errors": sorted((line for line in lines if "error" in line), key=lambda line: line["rank"]),
         "params": params,
-        "stdout": process.stdout,
     }
 
 
@@ -173,7 +173,7 @@ def semi_run(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     argv = semi_on_two_processes(
         tiny_mnist_dir, output / "runs", "whole", 2, "--logger", "wandb", "--results-json", str(results)
     )
-    process = run([str(SCRIPTS / "train_then_report_process_group.py"), *argv])
+    process = run([str(SCRIPTS / "train_then_report_process_group.py"), *argv], timeout=900)
     return {"stdout": process.stdout, "results": json.loads(results.read_text()), "runs": output / "runs"}
 
 

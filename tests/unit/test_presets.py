@@ -89,7 +89,8 @@ REFUSED_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "labels_text": ({"labels": "some"}, ["--labels", "'all'", "'some'"]),
     "list_of_text": ({"hidden_sizes": [1000, "wide"]}, ["--hidden-sizes", "'wide'"]),
     "switch_given_a_number": ({"download": 1}, ["--download", "ignored explicit argument"]),
-    "no_value": ({"max_epochs": None}, ["max_epochs has no value"]),
+    "no_value": ({"max_epochs": None}, ["--max-epochs has no value"]),
+    "switch_for_a_number": ({"max_epochs": True}, ["--max-epochs", "expected one argument"]),
     "unknown_flag": ({"epochs": 3}, ["unknown flags: epochs"]),
     "unknown_averaging": ({"average_weights": "mean"}, ["--average-weights", "'mean'"]),
     "ema_decay_1": ({"average_weights": "ema", "ema_decay": 1}, ["--ema-decay", "(0, 1), got 1"]),
@@ -121,12 +122,23 @@ def test_a_presets_values_are_checked_as_the_flags_are(
 
 def test_a_presets_values_are_converted_as_the_flags_are(tmp_path: Path) -> None:
     preset = tmp_path / "preset.yaml"
-    preset.write_text("variant: semi\nlabels: all\ninit_std: 1e-2\nhidden_sizes: [500, 500]\ndownload: false\n")
+    preset.write_text(
+        "variant: semi\nlabels: all\ninit_std: 1e-2\nhidden_sizes: [500, 500]\ndownload: false\ntest: true\n"
+        "fast_dev_run: false\n"
+    )
     from_preset = cli.parse_args(["--preset", str(preset)])
     typed = cli.parse_args(
         ["--variant", "semi", "--labels", "all", "--init-std", "1e-2", "--hidden-sizes", "500", "500", "--no-download"]
+        + ["--test", "--no-fast-dev-run"]
     )
     assert vars(from_preset) == {**vars(typed), "preset": str(preset)}
+
+
+def test_a_null_in_a_preset_undoes_what_its_base_gives(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("variant: semi\naverage_weights: ema\nema_decay: 0.99\ninit_std: 0.05\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\naverage_weights: swa\nema_decay: null\ninit_std: null\n")
+    args = cli.parse_args(["--preset", str(tmp_path / "child.yaml")])
+    assert (args.average_weights, args.ema_decay, args.init_std) == ("swa", None, None)
 
 
 def own_settings(preset: str) -> dict:
