@@ -355,7 +355,6 @@ def _read_as_flags(preset: dict[str, Any], name: str) -> dict[str, Any]:
             reader.error(f"{flag(key)} has no value")
     read = reader.parse_args([word for key, value in given.items() for word in flag_words(key, value)])
     return {key: getattr(read, key) if key in given else None for key in preset}
-    return {key: getattr(read, key) for key in preset}
 
 
 def model_hparams(args: argparse.Namespace) -> dict[str, Any]:
