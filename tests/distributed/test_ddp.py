@@ -32,6 +32,7 @@ from tests.helpers import (
     run_config,
     wandb_records,
 )
+from tests.scripts import ddp_variants, validate_checkpoint
 
 #: the programs the DDP runs start (Lightning re-runs the launching script for rank 1)
 SCRIPTS = REPO_ROOT / "tests" / "scripts"
@@ -95,23 +96,13 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_same_error(variants_on_two_
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(
-    variants_on_two_processes: dict[str, Any], tiny_mnist_dir: Path, tmp_path: Path
+    variants_on_two_processes: dict[str, Any], tiny_mnist_dir: Path
 ) -> None:
     """Batch sizes are global and each rank takes its slice of the same global batch, so DDP on 2 processes
-    follows the single-process run (the plain autoencoder has no per-rank randomness)."""
-    run(
-        [
-            str(SCRIPTS / "ddp_variants.py"),
-            "--data-dir",
-            str(tiny_mnist_dir),
-            "--devices",
-            "1",
-            "--save-params",
-            str(tmp_path),
-            "ae",
-        ]
-    )
-    one, two = torch.load(tmp_path / "ae.pt"), torch.load(variants_on_two_processes["params"] / "ae.pt")
+    follows the single-process run, here in this process (the plain autoencoder has no per-rank randomness)."""
+    model, datamodule, trainer = ddp_variants.build("ae", str(tiny_mnist_dir), devices=1)
+    trainer.fit(model, datamodule=datamodule)
+    one, two = ddp_variants.parameter_vector(model), torch.load(variants_on_two_processes["params"] / "ae.pt")
     assert torch.allclose(one, two, atol=1e-5), (one - two).abs().max()
 
 
@@ -205,24 +196,14 @@ def test_each_image_is_logged_once_into_one_wandb_run(semi_run: dict[str, Any]) 
 
 
 def test_validation_metrics_identical_on_one_and_two_processes(semi_run: dict[str, Any]) -> None:
+    """Batches of 20 leave a short last batch on each rank (49 and 50 images) as well; one process is this one."""
     results = semi_run["results"]
-    metrics = {}
-    for devices in (1, 2):
-        # batch 20 leaves a short last batch on each rank (49 and 50 images) as well
-        output = run(
-            [
-                str(SCRIPTS / "validate_checkpoint.py"),
-                "--ckpt",
-                results["best_checkpoint"],
-                "--devices",
-                str(devices),
-                "--batch-size",
-                "20",
-            ]
-        ).stdout
-        metrics[devices] = json_lines(output)[0]
-    assert metrics[1]["val/acc"] == metrics[2]["val/acc"] == pytest.approx(results["val"]["val/acc"], abs=0)
-    assert metrics[1]["val/recon_loss"] == pytest.approx(metrics[2]["val/recon_loss"], rel=1e-6)
+    checkpoint = results["best_checkpoint"]
+    one, _ = validate_checkpoint.validation_metrics(checkpoint, devices=1, batch_size=20)
+    output = run([str(SCRIPTS / "validate_checkpoint.py"), "--ckpt", checkpoint, "--batch-size", "20"]).stdout
+    (two,) = json_lines(output)
+    assert one["val/acc"] == two["val/acc"] == pytest.approx(results["val"]["val/acc"], abs=0)
+    assert one["val/recon_loss"] == pytest.approx(two["val/recon_loss"], rel=1e-6)
 
 
 def test_train_py_leaves_the_process_group_before_it_returns(semi_run: dict[str, Any]) -> None:

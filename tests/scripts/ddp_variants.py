@@ -1,11 +1,12 @@
 """Run by tests/distributed/test_ddp.py as its own program, because Lightning's DDP launcher starts the other ranks
 by re-running the launching script: it must never be pytest itself.
 
-For each variant named on the command line: train a few batches on `--devices` CPU processes, then check on
-every rank that DDP kept the replicas identical and that training moved them. Rank 0 prints one JSON line per
+For each variant named on the command line: train a few batches on 2 CPU processes, then check on every rank
+that DDP kept the replicas identical and that training moved them. Rank 0 prints one JSON line per
 variant. Then, with `--poisoned VARIANT`, that variant trains with rank `--poison-rank`'s decoder turned NaN before
 the second batch, and every rank prints the error training stopped with. One launch serves several tests: each
-starts two interpreters, which spend most of their time importing.
+starts two interpreters, which spend most of their time importing. The tests build the same run on one device in
+their own process (`build`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from aae_lightning import NonFiniteLossError, get_variant
+from aae_lightning.base import AutoencoderBase
 from aae_lightning.distributed import leave_process_group
 from datamodules import MNISTDataModule
 
@@ -43,10 +45,37 @@ class PoisonDecoder(pl.Callback):
                 next(module.decoder.parameters()).fill_(float("nan"))
 
 
+def build(
+    name: str, data_dir: str, devices: int, batches: int = 3, callbacks: list[pl.Callback] | None = None
+) -> tuple[AutoencoderBase, MNISTDataModule, pl.Trainer]:
+    """`name` with small networks from seed 0, and a trainer for `batches` batches of one epoch on `devices` CPU
+    processes: DDP as users type it (no search for unused parameters) on more than one, this process alone on one."""
+    cls = get_variant(name)
+    hparams = {key: value for key, value in SMALL_NETWORKS.items() if key in cls.Hparams.__dataclass_fields__}
+    pl.seed_everything(0, verbose=False)
+    model = cls(**hparams)
+    datamodule = MNISTDataModule(
+        data_dir, num_labels=100, val_size=100, batch_size=50, download=False, train_streams=cls.train_streams
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks or [],
+    )
+    return model, datamodule, trainer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--save-params", default=None, help="folder for each variant's final parameters (rank 0)")
     parser.add_argument("--poisoned", default=None, help="a variant to train last, with one rank's decoder NaN")
@@ -57,27 +86,9 @@ def main() -> None:
     if args.poisoned is not None:
         runs.append((args.poisoned, args.poison_rank))
     for name, poison_rank in runs:
-        cls = get_variant(name)
-        hparams = {key: value for key, value in SMALL_NETWORKS.items() if key in cls.Hparams.__dataclass_fields__}
-        pl.seed_everything(0, verbose=False)
-        model = cls(**hparams)
+        callbacks = [] if poison_rank is None else [PoisonDecoder(poison_rank)]
+        model, datamodule, trainer = build(name, args.data_dir, devices=2, batches=args.batches, callbacks=callbacks)
         initial = parameter_vector(model).clone()
-        datamodule = MNISTDataModule(
-            args.data_dir, num_labels=100, val_size=100, batch_size=50, download=False, train_streams=cls.train_streams
-        )
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=args.devices,
-            strategy="ddp",  # what users type: DDP that does not look for unused parameters
-            max_epochs=1,
-            limit_train_batches=args.batches,
-            limit_val_batches=2,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[] if poison_rank is None else [PoisonDecoder(poison_rank)],
-        )
         if poison_rank is not None:
             try:
                 trainer.fit(model, datamodule=datamodule)
@@ -113,7 +124,7 @@ def main() -> None:
                         else None,
                         "same_split_fingerprint": len(set(fingerprints)) == 1,
                         "global_step": trainer.global_step,
-                        "phases": list(cls.phases),
+                        "phases": list(model.phases),
                         "val_metrics": {
                             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
                         },

@@ -4,19 +4,23 @@ trained here on the tiny MNIST files: an unsupervised `aae` (2-d z) and a `semi`
 
 The first code cell of each notebook holds its parameters, `CKPT_PATH` and `DATA_DIR`; the test rewrites that
 cell. The kernel is the `python3` spec, which jupyter_client starts with this interpreter (`sys.executable`): a
-cell appended to each run prints the kernel's interpreter, and the test compares. The runs share the machine's
-cores, so they execute concurrently (three kernels at a time) once, at module setup.
+cell appended to each run prints the kernel's interpreter, and the test compares. The six runs execute once, at
+module setup, one after the other in one kernel: a kernel spends seconds importing torch and Lightning, a notebook
+about a second on the tiny checkpoints. A cell put before each run empties the kernel's namespace (`%reset -f`), so
+a notebook that leans on a name another one defined fails as it would in a kernel of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 from torchmetrics.classification import MulticlassAccuracy
@@ -37,7 +41,7 @@ RUNS = [
 ]
 PARAMETERS = re.compile(r'CKPT_PATH = "[^"\n]*"\nDATA_DIR = [^\n]*')
 INTERPRETER_CELL = "import sys\nprint(sys.executable)"
-KERNELS_AT_ONCE = 3
+RESET_CELL = "%reset -f"
 
 
 def read(name: str) -> nbformat.NotebookNode:
@@ -51,6 +55,7 @@ def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 def with_parameters(name: str, checkpoint: Path, data_dir: Path) -> nbformat.NotebookNode:
     notebook = read(name)
     code_cells(notebook)[0].source = f"CKPT_PATH = {str(checkpoint)!r}\nDATA_DIR = {str(data_dir)!r}"
+    notebook.cells.insert(0, new_code_cell(RESET_CELL))
     notebook.cells.append(new_code_cell(INTERPRETER_CELL))
     return notebook
 
@@ -95,18 +100,24 @@ def moved_data(tiny_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return moved
 
 
-async def execute_all(clients: list[NotebookClient]) -> list[BaseException | None]:
-    slots = asyncio.Semaphore(KERNELS_AT_ONCE)
-
-    async def execute(client: NotebookClient) -> BaseException | None:
-        async with slots:
+async def execute_in_one_kernel(notebooks: list[nbformat.NotebookNode]) -> list[BaseException | None]:
+    """Each notebook in turn in one kernel, started in the notebooks' folder; what each raised, or None."""
+    kernel = AsyncKernelManager(kernel_name="python3")
+    # one thread: the kernel shares the cores with the other pytest worker, where torch's default thread pool spins
+    await kernel.start_kernel(cwd=str(NOTEBOOK_DIR), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors: list[BaseException | None] = []
+    try:
+        for notebook in notebooks:
+            client = NotebookClient(notebook, km=kernel, timeout=300, interrupt_on_timeout=True)
             try:
                 await client.async_execute()
             except Exception as error:  # noqa: BLE001 - reported by the test of that notebook
-                return error
-        return None
-
-    return await asyncio.gather(*(execute(client) for client in clients))
+                errors.append(error)
+            else:
+                errors.append(None)
+    finally:
+        await kernel.shutdown_kernel(now=True)
+    return errors
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +125,7 @@ def executed(
     checkpoints: dict[str, Path], moved_data: Path
 ) -> dict[tuple[str, str], tuple[nbformat.NotebookNode, BaseException | None]]:
     notebooks = {run: with_parameters(run[0], checkpoints[run[1]], moved_data) for run in RUNS}
-    clients = [
-        NotebookClient(
-            notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
-        )
-        for notebook in notebooks.values()
-    ]
-    with pytest.MonkeyPatch.context() as patch:
-        # one thread per kernel: several share two cores, where torch's default thread pool spins
-        patch.setenv("OMP_NUM_THREADS", "1")
-        errors = asyncio.run(execute_all(clients))
+    errors = asyncio.run(execute_in_one_kernel(list(notebooks.values())))
     return {run: (notebook, error) for (run, notebook), error in zip(notebooks.items(), errors, strict=True)}
 
 
