@@ -49,12 +49,12 @@ class DimReductionAAE(SemiSupervisedAAE):
 
     def build(self) -> None:
         super().build()
-        # The decoder reads W_c y + z, latent_dim wide. It replaces semi's [y, z]-wide decoder rather than being
-        # built in its place because semi's draws from the global generator before the discriminators do: so a
-        # seed gives the initial weights of the measured runs (README, docs/dimreduction.md).
-        self.decoder = self.make_decoder(self.config.latent_dim)
         self.cluster_heads = nn.Linear(self.num_classes, self.config.latent_dim, bias=False)
         nn.init.normal_(self.cluster_heads.weight, std=self.config.head_distance)
+
+    def decoder_input_dim(self) -> int:
+        """The width of W_c y + z."""
+        return self.config.latent_dim
 
     def decoder_input(self, codes: dict[str, Tensor], labels: Tensor | None) -> Tensor:
         # the semi-supervised input starts with the class code (softmax of y, or the one-hot of given labels)

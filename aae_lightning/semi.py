@@ -93,9 +93,13 @@ class CategoricalStyleAAE(AutoencoderBase):
             batchnorm=config.encoder_batchnorm,
             head_batchnorm=config.encoder_batchnorm and config.head_batchnorm,
         )
-        self.decoder = self.make_decoder(self.num_classes + config.latent_dim)
+        self.decoder = self.make_decoder(self.decoder_input_dim())
         self.add_adversary("y", CategoricalPrior(self.num_classes))
         self.add_adversary("z", GaussianPrior(config.latent_dim, config.prior_std))
+
+    def decoder_input_dim(self) -> int:
+        """The width of what `decoder_input` gives: [y, z]."""
+        return self.num_classes + self.config.latent_dim
 
     def regularized_codes(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         codes = self.encoder(self.training_images(batch))
