@@ -142,15 +142,16 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool) -> tuple[Tenso
     # A failed download and a truncated file both surface as RuntimeError (the IDX parser's reshape fails), and
     # the parser also asserts or raises ValueError: whether the files are there tells the two apart.
     except (RuntimeError, OSError, AssertionError, ValueError) as error:
+        # the parser's asserts carry no message: then the exception's type is all there is to say
+        lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         if missing_files(data_dir):
-            lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
             reason = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"  # the file, the last mirror's error
             raise DataError(
                 f"MNIST not found in {raw_dir} and the download failed ({reason}); "
                 f"put the four files {', '.join(MNIST_RAW_FILES)} there"
             ) from error
         raise DataError(
-            f"MNIST files in {raw_dir} are truncated or corrupt ({error}); delete them and download again"
+            f"MNIST files in {raw_dir} are truncated or corrupt ({lines[0]}); delete them and download again"
         ) from error
     finally:
         socket.setdefaulttimeout(previous_timeout)
@@ -313,14 +314,15 @@ class MNISTDataModule(pl.LightningDataModule):
             self.split = make_split(self._train[1], self.hparams.seed, self.hparams.num_labels, self.hparams.val_size)
         self._check_fingerprint()
         check_global_batch_sizes(self._world_size(), self.hparams.batch_size, self.labeled_batch_size)
-        primary = self.split.unlabeled if "unlabeled" in self.hparams.train_streams else self.split.labeled
-        primary_batch = (
-            self.hparams.batch_size if "unlabeled" in self.hparams.train_streams else self.labeled_batch_size
-        )
+        # the stream that sets the epoch's length: the unlabeled images, or the labeled ones for a variant without
+        if "unlabeled" in self.hparams.train_streams:
+            primary, name, primary_batch = self.split.unlabeled, "batch_size", self.hparams.batch_size
+        elif self.hparams.labeled_batch_size is not None:
+            primary, name, primary_batch = self.split.labeled, "labeled_batch_size", self.labeled_batch_size
+        else:
+            primary, name, primary_batch = self.split.labeled, "batch_size", self.hparams.batch_size
         if len(primary) < primary_batch:
-            raise DataError(
-                f"batch_size {primary_batch} is larger than the {len(primary)} training images", ("batch_size",)
-            )
+            raise DataError(f"{name} {primary_batch} is larger than the {len(primary)} training images", (name,))
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1

@@ -296,6 +296,33 @@ def test_truncated_file_is_reported_as_corrupt(tiny_mnist_dir: Path, tmp_path: P
     assert_one_line(lambda: tiny_datamodule(tmp_path, download=True), "truncated or corrupt")
 
 
+def test_a_file_the_parser_asserts_on_is_named_by_the_exception_type(tiny_mnist_dir: Path, tmp_path: Path) -> None:
+    """A header of zeros fails torchvision's parser on an `assert` with no message: the line says what failed."""
+    shutil.copytree(tiny_mnist_dir / "MNIST", tmp_path / "MNIST")
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(bytes(16))
+    with pytest.raises(DataError) as caught:
+        tiny_datamodule(tmp_path)
+    assert "truncated or corrupt (AssertionError)" in str(caught.value), caught.value
+
+
+@pytest.mark.parametrize(
+    "streams, batch_sizes, argument",
+    [
+        (("unlabeled",), {"batch_size": 600}, "batch_size"),
+        (("labeled",), {"batch_size": 600}, "batch_size"),
+        (("labeled",), {"batch_size": 50, "labeled_batch_size": 600}, "labeled_batch_size"),
+    ],
+)
+def test_a_batch_larger_than_its_stream_names_its_own_size(
+    tiny_mnist_dir: Path, streams: tuple[str, ...], batch_sizes: dict[str, int], argument: str
+) -> None:
+    """The stream that sets an epoch's length holds 500 tiny images here: the error names the size it drew with."""
+    with pytest.raises(DataError) as caught:
+        tiny_datamodule(tiny_mnist_dir, num_labels=None, train_streams=streams, **batch_sizes)
+    assert str(caught.value).startswith(f"{argument} 600 is larger than the 500 training images")
+    assert caught.value.arguments == (argument,)
+
+
 def test_a_mirror_that_never_answers_fails_the_download_instead_of_hanging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
