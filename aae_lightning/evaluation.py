@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from datamodules import NUM_CLASSES
 
 if TYPE_CHECKING:  # annotations only: the variants import this module for their metrics
     from aae_lightning.base import AutoencoderBase
@@ -51,7 +53,7 @@ class ClusterAccuracy(Metric):
 
     full_state_update = False
 
-    def __init__(self, num_clusters: int, num_classes: int = 10, rule: str = "paper", **kwargs) -> None:
+    def __init__(self, num_clusters: int, num_classes: int = NUM_CLASSES, rule: str = "paper", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if rule not in CLUSTER_RULES:
             raise ValueError(f"rule must be one of {CLUSTER_RULES}, got {rule!r}")

@@ -13,9 +13,9 @@ from aae_lightning.base import AutoencoderBase
 from callbacks.needs import CLASSIFIER, Need, unmet
 from callbacks.publish import image_due, publish
 from callbacks.rendering import confusion_matrix_image
+from datamodules import NUM_CLASSES
 
 CLASS_LOGITS = "y"
-DIGITS = 10
 
 
 class ConfusionMatrix(pl.Callback):
@@ -51,9 +51,9 @@ class ConfusionMatrix(pl.Callback):
             self.matrix = None
             return
         # `classify` scores the classes of a conditioned decoder, or the digits
-        self.classes = pl_module.num_classes or DIGITS
+        self.classes = pl_module.num_classes or NUM_CLASSES
         # square, as torchmetrics wants it, and wide enough for both the true digits and the predicted classes
-        self.matrix = MulticlassConfusionMatrix(max(self.classes, DIGITS))
+        self.matrix = MulticlassConfusionMatrix(max(self.classes, NUM_CLASSES))
 
     def _counting(self, trainer: pl.Trainer) -> bool:
         return self.matrix is not None and image_due(trainer, self.every_n_epochs)
@@ -87,7 +87,7 @@ class ConfusionMatrix(pl.Callback):
         self.matrix.reset()
         if not trainer.is_global_zero:
             return
-        counts = counts[:DIGITS, : self.classes]
+        counts = counts[:NUM_CLASSES, : self.classes]
         total = int(counts.sum())
         if "acc" in pl_module.metrics["val"]:
             accuracy = counts.diagonal().sum().item() / max(total, 1)

@@ -26,9 +26,8 @@ from torch import Tensor
 from aae_lightning.base import AutoencoderBase
 from callbacks.needs import PRIOR, Need, unmet
 from callbacks.publish import image_due, publish
-from callbacks.rendering import IMAGE_SIDE, principal_axes, scatter_codes, tile
-
-DIGITS = 10
+from callbacks.rendering import principal_axes, scatter_codes, tile
+from datamodules import IMAGE_SIZE, NUM_CLASSES
 
 
 @contextmanager
@@ -113,7 +112,7 @@ def class_labels(pl_module: AutoencoderBase, labels: Tensor) -> Tensor | None:
 
 def class_names(classes: int) -> str:
     """How a caption names a conditioned decoder's classes: the digits, or the categories of a clustering."""
-    return "digits 0-9" if classes == DIGITS else f"categories 0-{classes - 1}"
+    return "digits 0-9" if classes == NUM_CLASSES else f"categories 0-{classes - 1}"
 
 
 class LatentGrid(EpochImageCallback):
@@ -180,7 +179,7 @@ class StyleGrid(EpochImageCallback):
         images, labels = trainer.datamodule.validation_data()
         order = torch.randperm(len(images), generator=self.generator())
         # the first image of each digit in a fixed shuffled order: one row per digit present
-        firsts = [order[labels[order] == digit][:1] for digit in range(DIGITS)]
+        firsts = [order[labels[order] == digit][:1] for digit in range(NUM_CLASSES)]
         sources = images[torch.cat(firsts)]
         classes = pl_module.num_classes
         z = pl_module.encode(to_module(pl_module, sources))
@@ -190,7 +189,7 @@ class StyleGrid(EpochImageCallback):
         rows = torch.cat(
             [
                 sources.unsqueeze(1),
-                torch.zeros(len(sources), 1, IMAGE_SIDE**2),
+                torch.zeros(len(sources), 1, IMAGE_SIZE),
                 decoded.float().cpu().view(len(sources), classes, -1),
             ],
             dim=1,
@@ -214,7 +213,7 @@ class PriorSamples(EpochImageCallback):
         self.rows = rows
 
     def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
-        columns = pl_module.num_classes or DIGITS
+        columns = pl_module.num_classes or NUM_CLASSES
         count = self.rows * columns
         z = pl_module.latent_prior.sample(count, generator=self.generator())
         labels = class_labels(pl_module, torch.arange(count) % columns)
@@ -240,12 +239,14 @@ class Reconstructions(EpochImageCallback):
         self.row_pairs = row_pairs
 
     def draw(self, trainer: pl.Trainer, pl_module: AutoencoderBase) -> tuple[np.ndarray, str]:
-        images, labels = self.validation_subset(trainer, self.row_pairs * DIGITS)
-        pairs = len(images) // DIGITS  # a validation set smaller than asked for shows fewer pairs
-        images, labels = images[: pairs * DIGITS], labels[: pairs * DIGITS]
+        images, labels = self.validation_subset(trainer, self.row_pairs * NUM_CLASSES)
+        pairs = len(images) // NUM_CLASSES  # a validation set smaller than asked for shows fewer pairs
+        images, labels = images[: pairs * NUM_CLASSES], labels[: pairs * NUM_CLASSES]
         rebuilt = pl_module.reconstruct(to_module(pl_module, images), labels.to(pl_module.device))
-        rows = torch.stack([images.view(pairs, DIGITS, -1), rebuilt.float().cpu().view(pairs, DIGITS, -1)], dim=1)
-        return tile(rows.flatten(0, 2), DIGITS), "odd rows: validation images; even rows: their reconstructions"
+        rows = torch.stack(
+            [images.view(pairs, NUM_CLASSES, -1), rebuilt.float().cpu().view(pairs, NUM_CLASSES, -1)], dim=1
+        )
+        return tile(rows.flatten(0, 2), NUM_CLASSES), "odd rows: validation images; even rows: their reconstructions"
 
 
 class LatentScatter(EpochImageCallback):

@@ -15,13 +15,14 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
-IMAGE_SIDE = 28
+from datamodules import IMAGE_SHAPE, NUM_CLASSES
+
 DIGIT_COLOURS = "tab10"
 
 
 def tile(images: Tensor, columns: int, padding: int = 2) -> np.ndarray:
     """Images (n, 784) in [0, 1] as one grid, row by row, `columns` to a row, on a grey frame."""
-    pixels = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
+    pixels = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, *IMAGE_SHAPE)
     grid = make_grid(pixels, nrow=columns, padding=padding, pad_value=0.5)
     return to_uint8(grid.permute(1, 2, 0))
 
@@ -61,9 +62,17 @@ def scatter_codes(
         axes.scatter(prior[:, 0], prior[:, 1], s=3, c="0.75", alpha=0.4, linewidths=0, zorder=1, label="prior")
     points, digits = codes.cpu().numpy(), labels.cpu().numpy()
     colours = axes.scatter(
-        points[:, 0], points[:, 1], s=4, c=digits, cmap=DIGIT_COLOURS, vmin=-0.5, vmax=9.5, linewidths=0, zorder=2
+        points[:, 0],
+        points[:, 1],
+        s=4,
+        c=digits,
+        cmap=DIGIT_COLOURS,
+        vmin=-0.5,
+        vmax=NUM_CLASSES - 0.5,
+        linewidths=0,
+        zorder=2,
     )
-    bar = figure.colorbar(colours, ax=axes, ticks=range(10), fraction=0.05, pad=0.02)
+    bar = figure.colorbar(colours, ax=axes, ticks=range(NUM_CLASSES), fraction=0.05, pad=0.02)
     bar.set_label("digit")
     axes.set_xlabel(axis_labels[0])
     axes.set_ylabel(axis_labels[1])
