@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aae_lightning import NonFiniteLossError, cli, get_variant
+from aae_lightning import NonFiniteLossError, cli, get_variant, run_folder
 from aae_lightning.checkpoint_io import AtomicCheckpointIO, weights_held_at
 from aae_lightning.console import quiet_console
 from aae_lightning.distributed import leave_process_group
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_console()
     args = cli.parse_args(argv)
     try:
-        train(args)
+        with run_folder.run_name_scope():
+            train(args)
     except (UserError, DataError, NonFiniteLossError) as error:
         from pytorch_lightning.utilities import rank_zero_only
 

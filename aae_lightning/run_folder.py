@@ -8,6 +8,8 @@ import csv
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +21,35 @@ from aae_lightning.errors import UserError
 WANDB_RUN_ID_FILE = "wandb_run_id"
 
 
+#: the environment variable through which the ranks a DDP launcher starts learn the first process's run name
+RUN_NAME_VARIABLE = "AAE_RUN_NAME"
+
+
 def run_name(args: argparse.Namespace) -> str:
     """The same on every process of a run: DDP launchers start the other ranks later, so a clock reading taken
-    there would differ. The first process records it in the environment the others inherit."""
+    there would differ. The first process records it in the environment the others inherit (`run_name_scope`)."""
     if args.run_name:
         return args.run_name
-    if "AAE_RUN_NAME" not in os.environ:
+    if RUN_NAME_VARIABLE not in os.environ:
         labels = split_labels(args)
         labels_part = f"-{ALL_LABELS if labels is None else labels}labels" if uses_labels(args) else ""
         job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
         stamp = job if job and job != "none" else time.strftime("%Y%m%d-%H%M%S")
-        os.environ["AAE_RUN_NAME"] = f"{args.variant}{labels_part}-seed{args.seed}-{stamp}"
-    return os.environ["AAE_RUN_NAME"]
+        os.environ[RUN_NAME_VARIABLE] = f"{args.variant}{labels_part}-seed{args.seed}-{stamp}"
+    return os.environ[RUN_NAME_VARIABLE]
+
+
+@contextmanager
+def run_name_scope() -> Iterator[None]:
+    """One run: the name `run_name` records for the other ranks lasts until the run ends, so that the next run
+    in the same process (a notebook, a sweep) gets a name and a folder of its own. A name inherited from a
+    launcher stays."""
+    inherited = RUN_NAME_VARIABLE in os.environ
+    try:
+        yield
+    finally:
+        if not inherited:
+            os.environ.pop(RUN_NAME_VARIABLE, None)
 
 
 def resolve_run(args: argparse.Namespace) -> tuple[Path, Path | None]:

@@ -27,8 +27,8 @@ import torch
 
 import train
 from aae_lightning import cli
-from aae_lightning.run_folder import WANDB_RUN_ID_FILE, resolve_run
-from tests.helpers import REPO_ROOT, assert_same_tensors, gpus_flag
+from aae_lightning.run_folder import RUN_NAME_VARIABLE, WANDB_RUN_ID_FILE, resolve_run
+from tests.helpers import REPO_ROOT, TINY, assert_same_tensors, gpus_flag
 
 EPOCHS = 5
 #: killed once the checkpoint of this epoch is on disk (the second epoch), well before the last one
@@ -217,6 +217,23 @@ def test_a_checkpoint_inside_a_run_folder_continues_that_run(tmp_path: Path) -> 
         tmp_path / "new",
         inside,
     )
+
+
+def test_each_run_in_one_process_gets_a_folder_of_its_own(
+    tiny_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs without --run-name in one process, as a notebook or a sweep makes them: the name the first one
+    recorded for its DDP ranks must not name the second one's folder."""
+    monkeypatch.delenv(RUN_NAME_VARIABLE, raising=False)
+    folders = []
+    for variant in ("ae", "aae"):
+        results = tmp_path / f"{variant}.json"
+        argv = [*TINY, "--data-dir", str(tiny_mnist_dir), "--max-epochs", "1", "--gpus", "0", "--logger", "none"]
+        argv += ["--image-every-n-epochs", "0", "--output-dir", str(tmp_path), "--results-json", str(results)]
+        assert train.main(["--variant", variant, *argv]) == 0
+        folders.append(Path(json.loads(results.read_text())["run_dir"]).name)
+    assert folders[0].startswith("ae-seed0-") and folders[1].startswith("aae-seed0-"), folders
+    assert RUN_NAME_VARIABLE not in os.environ
 
 
 def test_csv_history_survives_a_resume(tiny_mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
