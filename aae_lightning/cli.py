@@ -440,6 +440,9 @@ def uses_labels(args: argparse.Namespace) -> bool:
 
 
 def split_labels(args: argparse.Namespace) -> int | None:
-    """The labeled images to draw (None: all). A variant that trains without labels takes none of --labels:
-    a count would only constrain the split, and fail on data with fewer images of a digit."""
-    return args.labels if uses_labels(args) and args.variant != "supervised" else None
+    """The labeled images to draw (None: all). Only a variant that learns from unlabeled images beside labeled ones
+    draws --labels of them: one that trains on labeled images alone takes them all, and one that trains without
+    labels takes none of --labels (a count would only constrain the split, and fail on data with fewer images of a
+    digit)."""
+    streams = get_variant(args.variant).train_streams
+    return args.labels if "labeled" in streams and "unlabeled" in streams else None
