@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from aae_lightning.checkpoint_io import load_trained  # noqa: E402
 from aae_lightning.console import quiet_console  # noqa: E402
 from aae_lightning.errors import UserError  # noqa: E402
-from callbacks.confusion import DIGITS  # noqa: E402
+from datamodules import NUM_CLASSES  # noqa: E402
 
 
 def top_confusions(counts: Tensor, most: int) -> list[tuple[int, int, int]]:
@@ -75,7 +75,7 @@ def validation_confusion(path: str, data_dir: str | None, batch_size: int) -> Te
         raise UserError(f"{path} is not a digit classifier (its checkpoint is chosen by {model.monitor[0]})")
     images, labels = datamodule.validation_data()
     predictions = torch.cat([model.classify(batch).argmax(1) for batch in images.split(batch_size)])
-    return multiclass_confusion_matrix(predictions, labels, DIGITS)  # counts[true, predicted], as the callback's
+    return multiclass_confusion_matrix(predictions, labels, NUM_CLASSES)  # counts[true, predicted], as the callback's
 
 
 if __name__ == "__main__":
