@@ -314,7 +314,8 @@ class MNISTDataModule(pl.LightningDataModule):
             self.split = make_split(self._train[1], self.hparams.seed, self.hparams.num_labels, self.hparams.val_size)
         self._check_fingerprint()
         check_global_batch_sizes(self._world_size(), self.hparams.batch_size, self.labeled_batch_size)
-        # the stream that sets the epoch's length: the unlabeled images, or the labeled ones for a variant without
+        # the stream that sets the epoch's length: the unlabeled images, or the labeled ones for a variant that
+        # trains on labeled images alone (its batch is labeled_batch_size where given, else batch_size)
         if "unlabeled" in self.hparams.train_streams:
             primary, name, primary_batch = self.split.unlabeled, "batch_size", self.hparams.batch_size
         elif self.hparams.labeled_batch_size is not None:
