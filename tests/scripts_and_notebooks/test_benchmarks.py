@@ -230,3 +230,24 @@ def test_confusion_reads_a_classifier_checkpoint_and_refuses_a_clustering_one(
     assert sum(int(cell.split("/")[1]) for cell in received) == 100
     assert confusion.main([str(tmp_path / "clustering" / "checkpoints" / "last.ckpt")]) == 2
     assert "not a digit classifier" in capsys.readouterr().err
+
+
+def test_reproduce_semi_reports_the_mean_and_std_over_seeds_as_the_paper_does() -> None:
+    def results(labels: str, seed: int, test_acc: float) -> dict:
+        return {
+            "labels": labels,
+            "seed": seed,
+            "epochs": 60,
+            "val": {"val/acc": 0.98},
+            "test": {"test/acc": test_acc},
+            "wall_seconds": 2760.0,
+        }
+
+    # the 1,000-label row's three seeds (2.07, 2.17, 1.92 % test error) and a single 100-label run
+    rows = [results("1000", 0, 0.9793), results("1000", 1, 0.9783), results("1000", 2, 0.9808), results("100", 0, 0.96)]
+    lines = load_benchmark("reproduce_semi").table(rows)
+    per_run = [line for line in lines if line.startswith(("| 1000 | ", "| 100 | ")) and line.count("|") == 8]
+    assert [line.split("|")[5].strip() for line in per_run] == ["2.07", "2.17", "1.92", "4.00"]
+    summary = [line for line in lines if line.count("|") == 5 and line.startswith("| 1")]
+    # a sample standard deviation (n - 1), as the README's rows report; one seed gives no summary line
+    assert summary == ["| 1000 | 3 | 2.05 +- 0.13 | 1.60 +- 0.08 |"]
