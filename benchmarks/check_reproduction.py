@@ -60,9 +60,8 @@ class ReportedRun(NamedTuple):
     threads: int  # OMP_NUM_THREADS of the reported run, from docs/*.md
 
 
-# The README's results table (Parzen last, the longest run). clustering-16 and dimreduction were reported on one
-# thread, and so were the first ten epochs of clustering-30 (docs/clustering.md, docs/dimreduction.md);
-# clustering-16's reported run is seed 1.
+# The README's results table (Parzen last, the longest run). clustering-16, clustering-30 and dimreduction were
+# reported on one thread (docs/clustering.md, docs/dimreduction.md); clustering-16's reported run is seed 1.
 ROWS: tuple[ReportedRun, ...] = (
     ReportedRun("semi-100", "fast-semi-100", 0, "docs/results/semi-100.csv", "val/acc", 2, 2),
     ReportedRun("semi-1000", "fast-semi-1000", 0, "docs/results/semi-1000.csv", "val/acc", 2, 2),
