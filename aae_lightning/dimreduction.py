@@ -25,7 +25,8 @@ from aae_lightning.semi import SemiHparams, SemiSupervisedAAE
 
 @dataclass
 class DimReductionHparams(SemiHparams):
-    # semi's recipe, but PyTorch's initialisation, as in the one measured run (docs/dimreduction.md)
+    # semi's recipe, but PyTorch's initialisation, as in the first run; the reported recipe, fast-dimreduction-1000,
+    # sets init_std 0.01 (docs/dimreduction.md)
     init_std: float = redefault(SemiHparams, "init_std", 0.0)
     latent_dim: int = hparam(2, "dimension of the representation W_c y + z (and of the style z)", accepts=positive(int))
     head_distance: float = hparam(5.0, "eta: cluster heads closer than this are pushed apart", accepts=positive())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one go, on a fresh machine without network (docs/gpu-check.md):
-#   1. every test marked `cuda` (`pytest -m cuda`): phases, priors, precision, a training step that never waits
-#      for the GPU, callbacks, checkpoints and resume on the GPU;
+#   1. every test marked `cuda` (`pytest -m cuda`): phases, priors, a training step that never waits for the GPU,
+#      callbacks, weight averaging, checkpoints and resume on the GPU;
 #   2. one epoch of `train.py --variant semi --labels 100 --gpus 1` in 32-true and in bf16-mixed;
 #   3. the throughput table (benchmarks/throughput.py) on the GPU, in 32-true and bf16-mixed.
 # Needs PyTorch with CUDA, this project (pip install -e .), pytest and pytest-xdist; no W&B and no network.

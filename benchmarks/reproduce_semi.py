@@ -1,4 +1,4 @@
-"""Reproduce the paper's semi-supervised MNIST rows (Table 2): train `semi` with 100 and/or 1,000 labels
+"""Reproduce the paper's semi-supervised MNIST rows (Table 2): train `semi` with 100, 1,000 and/or all labels
 through train.py, evaluate the best checkpoint by validation accuracy on the test set once, print a table.
 
     python benchmarks/reproduce_semi.py --data-dir ../shared/data --preset paper-semi --gpus 1
