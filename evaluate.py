@@ -24,7 +24,7 @@ from torch import Tensor
 
 from aae_lightning import AutoencoderBase, get_variant
 from aae_lightning.checkpoint_io import load_trained, read_checkpoint, weights_held
-from aae_lightning.cli import EXIT_USER_ERROR, OneLineParser, add_parzen_flags, positive_int
+from aae_lightning.cli import EXIT_USER_ERROR, DefaultsHelpFormatter, OneLineParser, add_parzen_flags, positive_int
 from aae_lightning.console import quiet_console
 from aae_lightning.errors import UserError, first_line
 from aae_lightning.evaluation import default_sigma_grid, parzen_estimate, prior_images
@@ -34,7 +34,7 @@ EVAL_BATCH = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--ckpt", required=True, type=Path, help="a checkpoint written by train.py")
     parser.add_argument("--data-dir", default=None, help="folder with MNIST/raw/ (default: the one the run trained on)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -104,7 +104,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = read_checkpoint(args.ckpt)
     cls = get_variant(checkpoint["aae_variant"])
     try:
-        model, datamodule = load_trained(args.ckpt, args.data_dir)
+        model, datamodule = load_trained(args.ckpt, args.data_dir, checkpoint=checkpoint)
     except (TypeError, RuntimeError) as error:  # hyperparameters or weight shapes this code's variant does not have
         raise UserError(
             f"the checkpoint does not fit variant {cls.variant_name!r} of this code ({first_line(error)})"

@@ -216,15 +216,20 @@ def _comparable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def load_trained(path: str | Path, data_dir: str | Path | None = None) -> tuple[AutoencoderBase, MNISTDataModule]:
+def load_trained(
+    path: str | Path, data_dir: str | Path | None = None, *, checkpoint: dict[str, Any] | None = None
+) -> tuple[AutoencoderBase, MNISTDataModule]:
     """The model a checkpoint of any variant holds, in evaluation mode on the CPU, and its MNIST datamodule set up
     with the split the run trained on (checked against the checkpoint's fingerprint). `data_dir`: where the MNIST
-    files are now (default: where the run read them); nothing is downloaded. Data errors are `UserError`s worded
-    in the flags the run was trained with, as for train.py."""
+    files are now (default: where the run read them); nothing is downloaded. `checkpoint`: `read_checkpoint(path)`
+    where the caller has it already, so that the file is not unpickled once more (Lightning's `load_from_checkpoint`
+    reads it itself: it takes a path, not the contents). Data errors are `UserError`s worded in the flags the run
+    was trained with, as for train.py."""
     from aae_lightning.registry import get_variant
     from datamodules import DataError, MNISTDataModule
 
-    checkpoint = read_checkpoint(path)
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path)
     model = get_variant(checkpoint["aae_variant"]).load_from_checkpoint(path, map_location="cpu", weights_only=False)
     settings = {**checkpoint["datamodule_hyper_parameters"], "download": False}
     if data_dir is not None:

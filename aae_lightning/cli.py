@@ -41,6 +41,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default after its help, except None: such a flag's help says in words what leaving it out
+    does (a preset's value or another flag's), which "(default: None)" would contradict."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -129,7 +139,7 @@ def _per_variant(texts: dict[str, str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         description="Train an adversarial autoencoder (Makhzani et al., 2015) on MNIST with PyTorch Lightning.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     run = parser.add_argument_group("run")
     run.add_argument(

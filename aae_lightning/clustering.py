@@ -8,7 +8,8 @@ Cluster accuracy (`val/cluster_acc`, `test/cluster_acc`) uses the paper's rule: 
 the image with the highest q(y=k|x) (see `evaluation.ClusterAccuracy`). During training the rule is applied
 to each evaluated set on its own; `evaluate.py` follows the paper exactly, labelling the clusters from the
 validation set and scoring the test set. `*_cluster_acc_majority` gives each cluster its majority label.
-Labels never choose the checkpoint: `monitor` is the reconstruction loss, so the model stays unsupervised.
+Labels never choose the checkpoint: `monitor` is the base class's reconstruction loss, so the model stays
+unsupervised.
 """
 
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ class ClusteringHparams(CategoricalStyleHparams):
 @register("clustering")
 class ClusteringAAE(CategoricalStyleAAE):
     Hparams = ClusteringHparams
-    monitor = ("val/recon_loss", "min")
 
     @property
     def num_classes(self) -> int:

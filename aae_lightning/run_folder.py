@@ -139,7 +139,34 @@ def keep_csv_history(logger: Any, last_epoch: int) -> None:
     if rank_zero_only.rank != 0 or not path.is_file():
         return
     with path.open(newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row.get("epoch") and int(float(row["epoch"])) <= last_epoch]
+        rows = [row for row in csv.DictReader(file) if row.get("epoch") and csv_epoch(row) <= last_epoch]
     writer = logger.experiment  # deletes the file
     writer.metrics.extend(rows)
     writer.save()
+
+
+def csv_epoch(row: dict[str, str]) -> int:
+    """The epoch of a row of Lightning's CSVLogger metrics.csv, which may be written as "1.0"."""
+    return int(float(row["epoch"]))
+
+
+def read_logged(path: Path, metric: str, trained_only: bool = False) -> dict[int, float]:
+    """{epoch: value} of `metric` in a metrics.csv of Lightning's CSVLogger, whose rows each hold one logging
+    call's columns (training steps, validation, training epoch means) and leave the others empty. An epoch
+    validated twice (a resumed run) keeps its first value. A missing file (a run that failed before logging) gives
+    no values.
+
+    `trained_only`: only epochs that logged training means; runs written before train.py stopped logging its final
+    validation of the best checkpoint hold one more row of that checkpoint's value, one past the last epoch."""
+    if not path.is_file():
+        return {}
+    values: dict[int, float] = {}
+    trained: set[int] = set()
+    with path.open(newline="") as file:
+        for row in csv.DictReader(file):
+            epoch = csv_epoch(row)
+            if any(value and name.startswith("train/") and name.endswith("_epoch") for name, value in row.items()):
+                trained.add(epoch)
+            if row.get(metric):
+                values.setdefault(epoch, float(row[metric]))
+    return {epoch: value for epoch, value in values.items() if epoch in trained or not trained_only}

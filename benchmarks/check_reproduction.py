@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 
 # NamedTuples rather than dataclasses: tests load this script with importlib, without a sys.modules entry, which
@@ -105,22 +106,6 @@ def read_expected(path: Path, column: str) -> dict[int, float]:
         if column not in (reader.fieldnames or []):
             raise ValueError(f"{path} has no column {column!r} (it has {', '.join(reader.fieldnames or [])})")
         return {int(row["epoch"]): float(row[column]) for row in reader if row[column]}
-
-
-def read_logged(path: Path, metric: str) -> dict[int, float]:
-    """{epoch: value} of `metric` in a metrics.csv of Lightning's CSVLogger, whose rows each hold one logging
-    call's columns (training steps, validation, training epoch means) and leave the others empty. A missing file
-    (a run that failed before logging) gives no values, so that every expected epoch is reported missing."""
-    if not path.is_file():
-        return {}
-    values: dict[int, float] = {}
-    with path.open(newline="") as file:
-        for row in csv.DictReader(file):
-            if row.get(metric):
-                # the epoch may be written as "1.0" (run_folder.keep_csv_history reads it the same way); a fresh
-                # run validates each epoch once, and should one appear twice its first validation counts
-                values.setdefault(int(float(row["epoch"])), float(row[metric]))
-    return values
 
 
 def compare(expected: dict[int, float], got: dict[int, float], tolerance: float) -> list[EpochCheck]:
@@ -272,6 +257,9 @@ def run_and_compare(
     exit_code = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
     print(f"{row.name}: {epochs} epochs, {time.perf_counter() - started:.0f} s, exit code {exit_code}", flush=True)
     tolerance = args.parzen_tolerance if row.metric == PARZEN_METRIC else args.acc_tolerance
+    # imported here: the package loads torch, which --help and --dry-run can do without (seconds)
+    from aae_lightning.run_folder import read_logged
+
     got = read_logged(output_dir / row.name / "metrics.csv", row.metric)
     return compare(expected, got, tolerance), exit_code
 

@@ -22,6 +22,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from aae_lightning.checkpoint_io import load_trained  # noqa: E402
+from aae_lightning.cli import DefaultsHelpFormatter  # noqa: E402
 from aae_lightning.console import quiet_console  # noqa: E402
 from aae_lightning.errors import UserError  # noqa: E402
 from datamodules import NUM_CLASSES  # noqa: E402
@@ -50,9 +51,7 @@ def report(counts: Tensor, most: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoints written by train.py")
     parser.add_argument("--data-dir", help="folder with MNIST/raw/ (default: the one the run trained on)")
     parser.add_argument("--most", type=int, default=5, help="how many confusions to list")

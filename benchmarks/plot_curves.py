@@ -30,27 +30,15 @@ from matplotlib.ticker import FuncFormatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from aae_lightning.paper import SEMI_TEST_ERROR  # noqa: E402
+from aae_lightning.run_folder import read_logged  # noqa: E402
 
 
 def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
-    """(epoch, value) of every trained epoch's validation of `metric`, in epoch order.
-
-    Only epochs that logged training means count: runs written before train.py stopped logging its final
-    validation of the best checkpoint hold one more row of that checkpoint's value, at the number of trained
-    epochs (one past the last). A resumed run that validated an epoch twice keeps the first value."""
+    """(epoch, value) of every trained epoch's validation of `metric`, in epoch order (`read_logged`)."""
     path = run_dir / "metrics.csv"
     if not path.is_file():
         raise SystemExit(f"plot_curves.py: no metrics.csv in {run_dir}")
-    values: dict[int, float] = {}
-    trained: set[int] = set()
-    with path.open() as file:
-        for row in csv.DictReader(file):
-            epoch = int(row["epoch"])
-            if any(value and name.startswith("train/") and name.endswith("_epoch") for name, value in row.items()):
-                trained.add(epoch)
-            if row.get(metric) and epoch not in values:
-                values[epoch] = float(row[metric])
-    curve = sorted((epoch, value) for epoch, value in values.items() if epoch in trained)
+    curve = sorted(read_logged(path, metric, trained_only=True).items())
     if not curve:
         raise SystemExit(f"plot_curves.py: {path} holds no {metric} values of trained epochs")
     return curve

@@ -1,14 +1,18 @@
 """How train.py reads its flags (no run starts): every edge value of every distinct hyperparameter declaration is
 accepted as the user spells it, milestones may lie beyond the last epoch, switches have an on and an off spelling,
-and the Lightning settings it accepts pass without a word. What it refuses: tests/cli/test_errors.py."""
+the Lightning settings it accepts pass without a word, and --help (evaluate.py's too) states each default once. What
+it refuses: tests/cli/test_errors.py."""
 
 from __future__ import annotations
 
+import argparse
+import re
 from typing import Any
 
 import pytest
 
-from aae_lightning.cli import model_hparams, parse_args
+import evaluate
+from aae_lightning.cli import build_parser, model_hparams, parse_args
 from aae_lightning.errors import flag_words
 from aae_lightning.hardware import check_lightning_flags
 from tests.helpers import Declaration, declaration_cases
@@ -52,3 +56,14 @@ def test_lightning_flags_it_accepts_pass_without_a_word(
 ) -> None:
     check_lightning_flags(settings)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("parser", [build_parser(), evaluate.build_parser()], ids=["train.py", "evaluate.py"])
+def test_help_states_each_default_once(parser: argparse.ArgumentParser) -> None:
+    """A flag whose help says its default in words must not get argparse's "(default: ...)" too, nor one whose
+    default is None "(default: None)"."""
+    # each option's entry starts on a line of its own; its help is wrapped over the lines that follow
+    entries = [" ".join(entry.split()) for entry in re.split(r"\n(?=  -)", parser.format_help())[1:]]
+    assert len(entries) > 10
+    for entry in entries:
+        assert "(default: None)" not in entry and entry.count("(default") <= 1, entry

@@ -135,10 +135,11 @@ def test_gpu_check_unpacks_gzipped_mnist_then_needs_cuda(tiny_mnist_dir: Path, t
 
 PLOT_CASES = {
     # as train.py's CSV logger writes it: training means and validation in separate rows, and (runs written before
-    # train.py stopped logging it) the best checkpoint's final validation again, at the number of trained epochs
+    # train.py stopped logging it) the best checkpoint's final validation again, at the number of trained epochs; the
+    # CSV logger may write an epoch as "1.0"
     "an accuracy, drawn as error": (
         "epoch,step,train/recon_loss_epoch,val/acc\n"
-        "0,99,,0.5\n0,99,30.0,\n1,199,,0.75\n1,199,25.0,\n2,299,,0.7\n2,299,24.0,\n3,299,,0.75\n",
+        "0,99,,0.5\n0,99,30.0,\n1.0,199,,0.75\n1.0,199,25.0,\n2,299,,0.7\n2,299,24.0,\n3,299,,0.75\n",
         ["--run", "100={run}"],
         "semi-100.csv",
         ["epoch,val_acc", "0,0.5000", "1,0.7500", "2,0.7000"],

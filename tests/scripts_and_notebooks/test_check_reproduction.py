@@ -8,6 +8,7 @@ from types import ModuleType
 
 import pytest
 
+from aae_lightning.run_folder import read_logged
 from tests.helpers import REPO_ROOT, load_benchmark
 
 
@@ -39,12 +40,12 @@ epoch,val_acc
 """
 
 
-def test_read_logged_takes_each_epochs_validation_from_the_interleaved_rows(check: ModuleType, tmp_path: Path) -> None:
+def test_read_logged_takes_each_epochs_validation_from_the_interleaved_rows(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text(METRICS_CSV)
-    assert check.read_logged(path, "val/acc") == pytest.approx({0: 0.74355, 1: 0.7702})
-    assert check.read_logged(path, "val/parzen_ll") == {}
-    assert check.read_logged(tmp_path / "absent" / "metrics.csv", "val/acc") == {}
+    assert read_logged(path, "val/acc") == pytest.approx({0: 0.74355, 1: 0.7702})
+    assert read_logged(path, "val/parzen_ll") == {}
+    assert read_logged(tmp_path / "absent" / "metrics.csv", "val/acc") == {}
 
 
 def test_read_expected_reads_the_docs_csv_and_refuses_a_missing_column(check: ModuleType, tmp_path: Path) -> None:
@@ -61,7 +62,7 @@ def test_compare_passes_within_tolerance_and_fails_beyond_it_or_on_a_missing_epo
     (tmp_path / "metrics.csv").write_text(METRICS_CSV)
     (tmp_path / "docs.csv").write_text(DOCS_CSV)
     expected = check.read_expected(tmp_path / "docs.csv", "val_acc")
-    got = check.read_logged(tmp_path / "metrics.csv", "val/acc")
+    got = read_logged(tmp_path / "metrics.csv", "val/acc")
 
     checks = check.compare(expected, got, 0.0005)
     assert [(c.epoch, c.verdict) for c in checks] == [(0, "ok"), (1, "DIFFERS"), (2, "MISSING")]
