@@ -367,9 +367,11 @@ class MNISTDataModule(pl.LightningDataModule):
         return images[self.split.validation], labels[self.split.validation]
 
     def test_data(self) -> tuple[Tensor, Tensor]:
+        """All test images and labels."""
         return self._test
 
     def labeled_data(self) -> tuple[Tensor, Tensor]:
+        """The labeled training images and their labels, all that a classifier may learn from on this split."""
         images, labels = self._train
         return images[self.split.labeled], labels[self.split.labeled]
 
