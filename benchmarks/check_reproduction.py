@@ -370,13 +370,21 @@ def plan(args: argparse.Namespace) -> list[Plan]:
     return plans
 
 
+def announce(
+    row: ReportedRun, epochs: int, args: argparse.Namespace, output_dir: Path, extra: list[str]
+) -> tuple[list[str], int]:
+    """The row's train.py command and its OMP_NUM_THREADS, printed as the shell line that runs them."""
+    threads = args.threads or row.threads
+    command = train_command(row, epochs, args.data_dir, output_dir, extra)
+    print(f"\n$ OMP_NUM_THREADS={threads} {shlex.join(command)}", flush=True)
+    return command, threads
+
+
 def run_row(
     row: ReportedRun, epochs: int, args: argparse.Namespace, output_dir: Path, extra: list[str]
 ) -> tuple[dict[int, float], int]:
     """Train the row's first `epochs` epochs in a fresh process; the values it logged by epoch and its exit code."""
-    threads = args.threads or row.threads
-    command = train_command(row, epochs, args.data_dir, output_dir, extra)
-    print(f"\n$ OMP_NUM_THREADS={threads} {shlex.join(command)}", flush=True)
+    command, threads = announce(row, epochs, args, output_dir, extra)
     started = time.perf_counter()
     exit_code = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
     print(f"{row.name}: {epochs} epochs, {time.perf_counter() - started:.0f} s, exit code {exit_code}", flush=True)
@@ -405,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.dry_run:
         for row, epochs, expected, source in plans:
-            command = train_command(row, epochs, args.data_dir, Path("RUNS"), extra)
-            print(f"\n$ OMP_NUM_THREADS={args.threads or row.threads} {shlex.join(command)}")
+            announce(row, epochs, args, Path("RUNS"), extra)
             if expected is not None:
                 shown = ", ".join(f"epoch {epoch}: {value:.4f}" for epoch, value in expected.items())
                 print(f"  expects {docs_column(row.metric)} {shown} ({source})")
